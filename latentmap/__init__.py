@@ -1,0 +1,63 @@
+"""latentmap: text-to-image for any pretrained generator, through a diffusion prior over its latents.
+
+The public API returns ready objects by name; plugins provide the names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentmap.errors import LatentmapError, UnknownNameError
+from latentmap.hookspecs import hookimpl
+from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
+from latentmap.plugins import list_plugins, register_module
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Encoder", "Generator", "LatentSpace", "LatentmapError", "Prior", "UnknownNameError", "__version__",
+    "get_encoder", "get_generator", "get_prior", "get_space", "hookimpl", "list_plugins", "register_module",
+]
+
+
+def get_generator(name: str, **options: Any) -> Generator:
+    """A ready generator, e.g. ``get_generator("stylegan2-ffhq", space="w3")``."""
+    from latentmap.plugins import build
+
+    generator = build("generators", name, **options)
+    _remember(generator, name, options)
+    return generator
+
+
+def get_encoder(name: str, **options: Any) -> Encoder:
+    """A ready encoder from ``prefix:spec``, e.g. ``get_encoder("openclip:ViT-B-32/openai")``."""
+    from latentmap.plugins import build
+
+    prefix, _, spec = name.partition(":")
+    encoder = build("encoders", prefix, spec, **options)
+    _remember(encoder, name, options)
+    return encoder
+
+
+def get_prior(name: str = "diffusion", **options: Any) -> Prior:
+    """A new (untrained) prior, e.g. ``get_prior("diffusion", latent_dim=512, tokens=3, cond_dim=512)``."""
+    from latentmap.plugins import build
+
+    return build("priors", name, **options)
+
+
+def get_space(name: str, *, layers: int, dim: int, **options: Any) -> LatentSpace:
+    """A latent space of kind ``name`` ("w", "w3", "w+", ...) for a generator with ``layers`` style layers."""
+    from latentmap.plugins import build
+
+    return build("spaces", name, layers, dim, **options)
+
+
+def _remember(obj: Any, name: str, options: dict[str, Any]) -> None:
+    """Record how an object was asked for, so identities and checkpoints can rebuild it."""
+    try:
+        obj.registry_name = name
+        obj.registry_options = {k: (str(v) if not isinstance(v, (int, float, bool, str, type(None))) else v)
+                                for k, v in options.items()}
+    except AttributeError:
+        pass

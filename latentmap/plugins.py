@@ -1,0 +1,283 @@
+"""Plugin discovery and the registries of generators, encoders, priors and latent spaces.
+
+Plugins are modules listed under the ``latentmap`` entry-point group (the built-ins too, through the
+root pyproject). They are imported lazily, once, on the first question asked of a registry. One
+plugin failing to import or raising in a hook never breaks the others: the failure is recorded and
+shown by ``latentmap plugins`` and in the error for a name it might have provided.
+
+Environment:
+- ``LATENTMAP_LOAD_PLUGINS``: comma-separated entry-point names; only these load (empty: none).
+- ``LATENTMAP_PLUGIN_MODULES``: comma-separated importable modules loaded as extra plugins
+  (development and tests; the same as an entry point without packaging).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Callable
+
+import pluggy
+
+from latentmap import hookspecs
+from latentmap.errors import LatentmapError, UnknownNameError
+from latentmap.interfaces import Registration
+
+ENTRY_POINT_GROUP = "latentmap"
+LOAD_ENV = "LATENTMAP_LOAD_PLUGINS"
+MODULES_ENV = "LATENTMAP_PLUGIN_MODULES"
+
+KINDS = {
+    "generators": "register_generators",
+    "encoders": "register_encoders",
+    "priors": "register_priors",
+    "spaces": "register_spaces",
+}
+SINGULAR = {"generators": "generator", "encoders": "encoder", "priors": "prior", "spaces": "space"}
+
+
+@dataclass
+class PluginInfo:
+    """What ``latentmap plugins`` shows about one plugin."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "hooks": self.hooks,
+            "errors": self.errors,
+        }
+
+
+class PluginManager:
+    """Loads plugins once and answers which names they registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("latentmap")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._registries: dict[str, dict[str, Registration]] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Import the core plugin, every allowed entry point and every extra module (idempotent)."""
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            from latentmap import spaces
+
+            self.add_module(spaces, name="latentmap", distribution="latentmap")
+            allowed = _env_list(LOAD_ENV)
+            for ep in _entry_points():
+                if allowed is not None and ep.name not in allowed:
+                    continue
+                dist = getattr(ep, "dist", None)
+                info = PluginInfo(
+                    name=ep.name,
+                    module=ep.value,
+                    distribution=dist.metadata["Name"] if dist is not None else None,
+                    version=dist.version if dist is not None else None,
+                )
+                if ep.name in self.infos:
+                    info.errors.append(f"a plugin named {ep.name!r} is already loaded from {self.infos[ep.name].module}")
+                    self.infos[f"{ep.name}!{ep.value}"] = info
+                    continue
+                self.infos[ep.name] = info
+                try:
+                    module = ep.load()
+                except Exception as exc:  # a broken plugin must not break the others
+                    info.errors.append(f"import failed: {type(exc).__name__}: {exc}")
+                    continue
+                self._register(module, info)
+            for module_name in _env_list(MODULES_ENV) or []:
+                info = PluginInfo(name=module_name, module=module_name)
+                self.infos.setdefault(module_name, info)
+                try:
+                    module = importlib.import_module(module_name)
+                except Exception as exc:
+                    info.errors.append(f"import failed: {type(exc).__name__}: {exc}")
+                    continue
+                self._register(module, info)
+
+    def add_module(self, module: ModuleType, *, name: str | None = None, distribution: str | None = None) -> PluginInfo:
+        """Register an imported module as a plugin (notebooks and tests; entry points do this for packages)."""
+        with self._lock:
+            name = name or module.__name__
+            info = PluginInfo(name=name, module=module.__name__, distribution=distribution)
+            if distribution == "latentmap":
+                from latentmap import __version__
+
+                info.version = __version__
+            self.infos[name] = info
+            self._register(module, info)
+            return info
+
+    def _register(self, module: ModuleType, info: PluginInfo) -> None:
+        try:
+            self.pm.register(module, name=info.name)
+        except Exception as exc:
+            info.errors.append(f"registration failed: {type(exc).__name__}: {exc}")
+            return
+        info.hooks = sorted(impl.name for impl in self._hookcallers_of(info.name))
+        self._registries.clear()
+
+    def _hookcallers_of(self, plugin_name: str) -> list[Any]:
+        plugin = self.pm.get_plugin(plugin_name)
+        callers = self.pm.get_hookcallers(plugin) or [] if plugin is not None else []
+        return list(callers)
+
+    # -- registries ----------------------------------------------------------------------------
+    def registry(self, kind: str) -> dict[str, Registration]:
+        """Name -> Registration for ``kind`` ("generators", "encoders", "priors", "spaces")."""
+        self.load()
+        with self._lock:
+            if kind not in self._registries:
+                self._registries[kind] = self._collect(kind)
+            return self._registries[kind]
+
+    def _collect(self, kind: str) -> dict[str, Registration]:
+        hook_name = KINDS[kind]
+        found: dict[str, Registration] = {}
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+            info = self.infos.get(plugin_name)
+
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                description: str = "",
+                options: dict[str, str] | None = None,
+                *,
+                _plugin: str = plugin_name,
+            ) -> None:
+                if name in found:
+                    raise LatentmapError(
+                        f"{SINGULAR[kind]} name {name!r} is registered by two plugins: "
+                        f"{found[name].plugin!r} and {_plugin!r}; uninstall one or restrict with {LOAD_ENV}"
+                    )
+                found[name] = Registration(name, factory, _plugin, description, dict(options or {}))
+
+            try:
+                impl.function(register=register)
+            except LatentmapError:
+                raise
+            except Exception as exc:
+                if info is not None:
+                    info.errors.append(f"{hook_name} failed: {type(exc).__name__}: {exc}")
+        return found
+
+    def failed_plugins(self) -> list[PluginInfo]:
+        self.load()
+        return [info for info in self.infos.values() if info.errors]
+
+    def resolve(self, kind: str, name: str) -> Registration:
+        """The registration for ``name`` or an UnknownNameError listing what exists."""
+        registry = self.registry(kind)
+        if name in registry:
+            return registry[name]
+        raise UnknownNameError(self._unknown_message(kind, name, registry))
+
+    def _unknown_message(self, kind: str, name: str, registry: dict[str, Registration]) -> str:
+        noun = SINGULAR[kind]
+        available = ", ".join(sorted(registry)) or "none"
+        message = f"unknown {noun} {name!r}; available: {available}"
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        failed = self.failed_plugins()
+        if failed:
+            culprits = [f for f in failed if f.name == name or f.name in name]
+            culprits = culprits or failed
+            described = "; ".join(f"{f.name}: {f.errors[0]}" for f in culprits)
+            message += f"; plugins that failed to load and may provide it: {described}"
+        return message
+
+
+def _env_list(variable: str) -> list[str] | None:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    seen: set[tuple[str, str]] = set()
+    result = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (ep.name, ep.value)
+        if key not in seen:  # the same distribution visible twice on sys.path
+            seen.add(key)
+            result.append(ep)
+    return sorted(result, key=lambda ep: ep.name)
+
+
+_manager: PluginManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager (created on first use)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = PluginManager()
+        return _manager
+
+
+def reset_plugins() -> None:
+    """Forget loaded plugins so the next question reloads them (tests, after installing a plugin)."""
+    global _manager
+    with _manager_lock:
+        _manager = None
+
+
+def register_module(module: ModuleType, *, name: str | None = None) -> PluginInfo:
+    """Register an already imported module as a plugin for this process."""
+    manager = get_plugin_manager()
+    manager.load()
+    return manager.add_module(module, name=name)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every plugin seen, loaded or failed, with the hooks it implements."""
+    manager = get_plugin_manager()
+    manager.load()
+    return list(manager.infos.values())
+
+
+def registrations(kind: str) -> dict[str, Registration]:
+    """Name -> Registration for one kind; raises for an unknown kind."""
+    if kind not in KINDS:
+        raise LatentmapError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return get_plugin_manager().registry(kind)
+
+
+def build(kind: str, name: str, *args: Any, **options: Any) -> Any:
+    """Resolve ``name`` and call its factory, turning unknown options into a clear error."""
+    registration = get_plugin_manager().resolve(kind, name)
+    declared = registration.options
+    if declared:
+        unknown = sorted(set(options) - set(declared))
+        if unknown:
+            raise LatentmapError(
+                f"{SINGULAR[kind]} {name!r} has no option {unknown[0]!r}; options: {', '.join(sorted(declared))}"
+            )
+    return registration.factory(*args, **options)

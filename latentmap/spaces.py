@@ -1,0 +1,62 @@
+"""The generic latent-space kinds of style-based generators: ``w``, ``w3`` and ``w+``.
+
+They only say how a few latent tokens are repeated over a generator's style layers, so they
+belong to the core; a plugin can register other kinds through ``register_spaces``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from latentmap.errors import LatentmapError
+from latentmap.interfaces import LatentSpace
+
+
+def w_space(layers: int, dim: int) -> LatentSpace:
+    """One latent repeated over every layer (the paper's default)."""
+    return LatentSpace("w", dim, (layers,))
+
+
+def w3_split(layers: int) -> tuple[int, int, int]:
+    """Coarse / middle / fine layer counts: (4, 4, 10) for 18 layers, the same proportions elsewhere.
+
+    StyleGAN2-FFHQ-1024's 18 layers split as the paper did; other counts keep about 2/9 of the
+    layers each for coarse and middle (at least one) and give the rest to the fine token.
+    """
+    if layers < 3:
+        raise LatentmapError(f"space 'w3' needs a generator with at least 3 style layers, this one has {layers}")
+    coarse = max(1, round(layers * 4 / 18))
+    middle = max(1, round(layers * 4 / 18))
+    return coarse, middle, layers - coarse - middle
+
+
+def w3_space(layers: int, dim: int, split: Sequence[int] | None = None) -> LatentSpace:
+    """Three independent latents for coarse, middle and fine layers."""
+    repeats = tuple(int(s) for s in split) if split is not None else w3_split(layers)
+    if len(repeats) != 3 or sum(repeats) != layers or min(repeats) < 1:
+        raise LatentmapError(
+            f"space 'w3' split {list(repeats)} must be three positive layer counts summing to {layers}"
+        )
+    return LatentSpace("w3", dim, repeats)
+
+
+def w_plus_space(layers: int, dim: int) -> LatentSpace:
+    """One latent per layer."""
+    return LatentSpace("w+", dim, (1,) * layers)
+
+
+BUILTIN_SPACES = {
+    "w": (w_space, "one latent repeated over every style layer (paper default)", {}),
+    "w3": (w3_space, "three latents: coarse, middle, fine layers ((4, 4, 10) for 18 layers)",
+           {"split": "layer counts per token, e.g. 4,4,10"}),
+    "w+": (w_plus_space, "one latent per style layer", {}),
+}
+
+
+from latentmap.hookspecs import hookimpl  # noqa: E402  (the core registers its spaces like any plugin)
+
+
+@hookimpl
+def register_spaces(register) -> None:
+    for name, (factory, description, options) in BUILTIN_SPACES.items():
+        register(name, factory, description=description, options=options)

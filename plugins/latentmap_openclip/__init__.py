@@ -1,0 +1,1 @@
+"""latentmap plugin (filled in by its issue)."""
