@@ -1,0 +1,189 @@
+"""The prior's denoising network: DALL-E 2's causal prior transformer (as DALLE2-pytorch 0.2.38).
+
+Token sequence: [condition, timestep, noised latent token(s), learned query token(s)]. Causal
+self-attention over it, with a learned null key/value every query may attend to, T5 relative
+position bias, partial rotary embeddings and a single shared key/value head; SwiGLU feed-forward;
+pre-norm blocks whose attention branch ends in a LayerNorm. The prediction is read at the
+learned queries (one per latent token, as clip2latent's w+ network extended it).
+
+Parameter names are our own; :mod:`latentmap.prior.clip2latent` maps DALLE2's onto them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+# Masked logits are filled with the most negative float32, not -inf, as the original does.
+MASK_VALUE = -torch.finfo(torch.float32).max
+ROTARY_MAX_DIM = 32
+ROTARY_THETA = 10000.0
+REL_POS_BUCKETS = 32
+REL_POS_MAX_DISTANCE = 128
+
+
+def relative_position_buckets(queries: int, keys: int) -> Tensor:
+    """T5 causal buckets for (query i, key slot k): distance m = max(i − k, 0), exact below 16, log above.
+
+    Slot 0 is the null key, so real token j sits in slot j + 1 (fixtures README, quirk 11).
+    """
+    query_pos = torch.arange(queries)
+    key_pos = torch.arange(keys)
+    distance = (query_pos[:, None] - key_pos[None, :]).clamp(min=0)
+    max_exact = REL_POS_BUCKETS // 2
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(REL_POS_MAX_DISTANCE / max_exact)
+    large = (max_exact + log_ratio * (REL_POS_BUCKETS - max_exact)).long()
+    large = large.clamp(max=REL_POS_BUCKETS - 1)
+    return torch.where(distance < max_exact, distance, large)
+
+
+def rotary_frequencies(dim_head: int) -> Tensor:
+    """θ_j = 10000^(−2j/r) for the r = min(32, dim_head) rotated features (r/2 pairs)."""
+    rotary_dim = min(ROTARY_MAX_DIM, dim_head)
+    return 1.0 / (ROTARY_THETA ** (torch.arange(0, rotary_dim, 2)[: rotary_dim // 2].float() / rotary_dim))
+
+
+def apply_rotary(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate adjacent feature pairs of the first 2·len(freqs) features of x (…, n, d) by position·θ."""
+    n = x.shape[-2]
+    rotary_dim = freqs.shape[0] * 2
+    angles = torch.arange(n, device=x.device, dtype=freqs.dtype)[:, None] * freqs[None, :]
+    angles = repeat(angles, "n r -> n (r two)", two=2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    pairs = rearrange(rotated, "... (r two) -> ... r two", two=2)
+    a, b = pairs.unbind(dim=-1)
+    turned = rearrange(torch.stack((-b, a), dim=-1), "... r two -> ... (r two)")
+    return torch.cat((rotated * cos + turned * sin, passed), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-query causal attention with a null key/value slot and a post-projection LayerNorm."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * dim_head, bias=False)
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+        self.out_norm = nn.LayerNorm(dim, bias=False)
+        # Persistent so an imported checkpoint keeps its stored (EMA-drifted) frequencies.
+        self.register_buffer("rotary_freqs", rotary_frequencies(dim_head))
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x (B, n, dim); bias (B or 1, heads, n, n+1) additive logits, masks already folded in."""
+        h = self.norm(x)
+        q = rearrange(self.to_q(h), "b n (h d) -> b h n d", h=self.heads) * self.dim_head**-0.5
+        k, v = self.to_kv(h).chunk(2, dim=-1)
+        q = apply_rotary(q, self.rotary_freqs)
+        k = apply_rotary(k, self.rotary_freqs)
+        null_k, null_v = (repeat(t, "d -> b 1 d", b=x.shape[0]) for t in self.null_kv.unbind(dim=0))
+        k = torch.cat((null_k, k), dim=1)[:, None]
+        v = torch.cat((null_v, v), dim=1)[:, None]
+        out = F.scaled_dot_product_attention(
+            q, k.expand(-1, self.heads, -1, -1), v.expand(-1, self.heads, -1, -1), attn_mask=bias, scale=1.0
+        )
+        return self.out_norm(self.to_out(rearrange(out, "b h n d -> b n (h d)")))
+
+
+class FeedForward(nn.Module):
+    """Pre-norm SwiGLU: LayerNorm, Linear to 2·mult·dim, a · SiLU(g), Linear back."""
+
+    def __init__(self, dim: int, mult: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.w_in = nn.Linear(dim, 2 * mult * dim, bias=False)
+        self.w_out = nn.Linear(mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, gate = self.w_in(self.norm(x)).chunk(2, dim=-1)
+        return self.w_out(a * F.silu(gate))
+
+
+class Block(nn.Module):
+    """One residual layer: attention then feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: int) -> None:
+        super().__init__()
+        self.attn = Attention(dim, heads, dim_head)
+        self.ff = FeedForward(dim, ff_mult)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        x = self.attn(x, bias) + x
+        return self.ff(x) + x
+
+
+class PriorNetwork(nn.Module):
+    """Predicts the clean latent (or the noise) from (noised latent, timestep, condition).
+
+    ``forward(x_t (B, tokens, latent_dim), t (B,), cond (B, cond_dim), keep (B,) bool)``
+    -> (B, tokens, latent_dim). ``keep[i] = False`` hides sample i's condition from every layer
+    (classifier-free guidance's null branch).
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int,
+        tokens: int,
+        cond_dim: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        ff_mult: int,
+        timesteps: int,
+    ) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.heads = heads
+        self.time_embed = nn.Embedding(timesteps, dim)
+        self.learned_query = nn.Parameter(torch.randn(tokens, dim))
+        self.cond_in = nn.Linear(cond_dim, dim, bias=False) if cond_dim != dim else nn.Identity()
+        self.latent_in = nn.Linear(latent_dim, dim, bias=False) if latent_dim != dim else nn.Identity()
+        self.rel_pos_bias = nn.Embedding(REL_POS_BUCKETS, heads)
+        self.layers = nn.ModuleList([Block(dim, heads, dim_head, ff_mult) for _ in range(depth)])
+        self.final_norm = nn.LayerNorm(dim, bias=False)
+        self.project_out = nn.Linear(dim, dim, bias=False)
+        self.latent_out = nn.Linear(dim, latent_dim, bias=False) if latent_dim != dim else nn.Identity()
+        n = 2 + 2 * tokens
+        self.register_buffer("rel_pos_buckets", relative_position_buckets(n, n + 1), persistent=False)
+
+    def attention_bias(self, keep: Tensor) -> Tensor:
+        """(B, heads, n, n+1) additive logits: relative-position bias with causal and condition masks."""
+        n = self.rel_pos_buckets.shape[0]
+        bias = rearrange(self.rel_pos_bias(self.rel_pos_buckets), "i k h -> 1 h i k")
+        slots = torch.arange(n + 1, device=keep.device)
+        visible = slots[None, :] <= torch.arange(n, device=keep.device)[:, None] + 1  # causal, null slot 0
+        cond_visible = torch.ones(keep.shape[0], n + 1, dtype=torch.bool, device=keep.device)
+        cond_visible[:, 1] = keep
+        visible = visible[None, None] & cond_visible[:, None, None, :]
+        return bias.masked_fill(~visible, MASK_VALUE)
+
+    def tokens_in(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """The (B, 2 + 2·tokens, dim) sequence entering the transformer."""
+        batch = x_t.shape[0]
+        return torch.cat(
+            (
+                self.cond_in(cond)[:, None],
+                self.time_embed(t)[:, None],
+                self.latent_in(x_t),
+                repeat(self.learned_query, "l d -> b l d", b=batch),
+            ),
+            dim=1,
+        )
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, keep: Tensor) -> Tensor:
+        x = self.tokens_in(x_t, t, cond)
+        bias = self.attention_bias(keep)
+        for layer in self.layers:
+            x = layer(x, bias)
+        out = self.project_out(self.final_norm(x))
+        return self.latent_out(out[:, -self.tokens :])
