@@ -110,6 +110,12 @@ class DiffusionPrior(Prior):
         self.register_buffer("latent_mean", torch.zeros(c.tokens, c.latent_dim))
         self.register_buffer("latent_std", torch.ones(c.tokens, c.latent_dim))
 
+    @staticmethod
+    def expected_state_shapes(config: PriorConfig) -> dict[str, tuple[int, ...]]:
+        """Every state-dict key of a prior with ``config`` and its shape, without allocating weights."""
+        with torch.device("meta"):
+            return {name: tuple(t.shape) for name, t in DiffusionPrior(config).state_dict().items()}
+
     # ----------------------------------------------------------------- statistics and shapes
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store the training latents' per-feature mean and std (anything reshapeable to (tokens, latent_dim))."""
@@ -169,16 +175,29 @@ class DiffusionPrior(Prior):
         per-sample keep mask with P(keep) = 1 − cond_drop_prob.
         """
         self._check_latents(latents)
-        cond = self._prepare_cond(cond, latents.shape[0])
-        x0 = self.normalize_latents(latents.to(self.latent_mean))
-        batch, device = x0.shape[0], x0.device
+        batch = latents.shape[0]
+        device = self.latent_mean.device
         draw_device = generator.device if generator is not None else device
         t = torch.randint(0, self.config.timesteps, (batch,), generator=generator, device=draw_device).to(device)
-        noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype).to(device)
+        noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(device)
         keep = (torch.rand(batch, generator=generator, device=draw_device) >= self.config.cond_drop_prob).to(device)
-        prediction = self.net(self.q_sample(x0, t, noise), t, cond, keep)
+        return self.loss_given(latents, cond, t=t, noise=noise, keep=keep)
+
+    def loss_given(self, latents: Tensor, cond: Tensor, *, t: Tensor, noise: Tensor, keep: Tensor) -> Tensor:
+        """The training loss for explicit draws: timesteps t (B,), noise, condition keep mask (B,) bool."""
+        self._check_latents(latents)
+        cond = self._prepare_cond(cond, latents.shape[0])
+        x0 = self.normalize_latents(latents.to(self.latent_mean))
+        noise = noise.reshape(x0.shape).to(x0)
+        prediction = self.net(self.q_sample(x0, t, noise), t, cond, keep.to(torch.bool))
         target = x0 if self.config.objective == "x0" else noise
         return F.mse_loss(prediction, target)
+
+    def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, variance and clipped log variance of q(x_{t−1} | x_t, x0) (variances shaped to broadcast)."""
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
+        mean = self.posterior_mean_coef1[t].reshape(shape) * x0 + self.posterior_mean_coef2[t].reshape(shape) * x_t
+        return mean, self.posterior_variance[t].reshape(shape), self.posterior_log_variance_clipped[t].reshape(shape)
 
     # ----------------------------------------------------------------------------- sampling
     def _timestep_tensor(self, t: Tensor | int, batch: int, device: torch.device) -> Tensor:

@@ -156,16 +156,19 @@ class PriorNetwork(nn.Module):
         n = 2 + 2 * tokens
         self.register_buffer("rel_pos_buckets", relative_position_buckets(n, n + 1), persistent=False)
 
+    def position_bias(self) -> Tensor:
+        """(1, heads, n, n+1) relative-position bias, before any masking."""
+        return rearrange(self.rel_pos_bias(self.rel_pos_buckets), "i k h -> 1 h i k")
+
     def attention_bias(self, keep: Tensor) -> Tensor:
         """(B, heads, n, n+1) additive logits: relative-position bias with causal and condition masks."""
         n = self.rel_pos_buckets.shape[0]
-        bias = rearrange(self.rel_pos_bias(self.rel_pos_buckets), "i k h -> 1 h i k")
         slots = torch.arange(n + 1, device=keep.device)
         visible = slots[None, :] <= torch.arange(n, device=keep.device)[:, None] + 1  # causal, null slot 0
         cond_visible = torch.ones(keep.shape[0], n + 1, dtype=torch.bool, device=keep.device)
         cond_visible[:, 1] = keep
         visible = visible[None, None] & cond_visible[:, None, None, :]
-        return bias.masked_fill(~visible, MASK_VALUE)
+        return self.position_bias().masked_fill(~visible, MASK_VALUE)
 
     def tokens_in(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """The (B, 2 + 2·tokens, dim) sequence entering the transformer."""

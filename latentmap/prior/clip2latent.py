@@ -1,0 +1,285 @@
+"""Import clip2latent's released prior checkpoints (DALLE2-pytorch 0.2.38 state dicts) without either library.
+
+A clip2latent ``.ckpt`` is ``{"state_dict": DiffusionPriorTrainer.state_dict()}``: the online prior
+under ``diffusion_prior.``, the EMA wrapper's copies under ``ema_diffusion_prior.online_model.`` and
+``ema_diffusion_prior.ema_model.`` (what clip2latent samples with). It holds only tensors, so it is
+read with ``torch.load(weights_only=True)``: nothing in the file can execute code.
+
+The key mapping is strict: every DALLE2 key must map onto exactly one of ours and every one of
+ours must be filled, or the import fails naming the key. The stored buffers (schedule tables,
+rotary frequencies, latent statistics) are kept as stored, EMA drift included, so an imported
+model reproduces clip2latent's numbers rather than an idealised version of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from latentmap.errors import LatentmapError
+from latentmap.interfaces import LatentSpace
+from latentmap.prior.diffusion import DiffusionPrior, PriorConfig
+from latentmap.prior.schedule import BUFFER_NAMES, make_betas
+from latentmap.spaces import w3_space, w_space
+
+WEIGHT_PREFIXES = {"ema": "ema_diffusion_prior.ema_model.", "online": "diffusion_prior."}
+# Trainer bookkeeping and the EMA wrapper's duplicate of the online model: known, not imported.
+IGNORED_TOP_LEVEL = ("step", "ema_diffusion_prior.initted", "ema_diffusion_prior.step")
+# Condition z-score buffers: registered by clip2latent but never used (fixtures README, quirk 1).
+UNUSED_PRIOR_KEYS = ("embed_mean", "embed_std")
+
+DEFAULT_GENERATOR = "stylegan2-ffhq"
+DEFAULT_ENCODER = "openclip:ViT-B-32/openai"
+# clip2latent's image embedder applied CLIP's mean/std normalisation twice (quirk 14).
+DOUBLE_NORM_PREPROCESS = "clip2latent-double-norm"
+
+_T = r"net\.causal_transformer\."
+# (DALLE2 key pattern, our key template); "zero" marks a LayerNorm bias buffer that must be zero.
+KEY_RULES: list[tuple[str, str]] = [
+    (r"net\.learned_query", "net.learned_query"),
+    (r"net\.to_time_embeds\.0\.weight", "net.time_embed.weight"),
+    (_T + r"rel_pos_bias\.relative_attention_bias\.weight", "net.rel_pos_bias.weight"),
+    (_T + r"layers\.(\d+)\.0\.null_kv", r"net.layers.\1.attn.null_kv"),
+    (_T + r"layers\.(\d+)\.0\.norm\.gamma", r"net.layers.\1.attn.norm.weight"),
+    (_T + r"layers\.(\d+)\.0\.norm\.beta", "zero"),
+    (_T + r"layers\.(\d+)\.0\.to_q\.weight", r"net.layers.\1.attn.to_q.weight"),
+    (_T + r"layers\.(\d+)\.0\.to_kv\.weight", r"net.layers.\1.attn.to_kv.weight"),
+    (_T + r"layers\.(\d+)\.0\.rotary_emb\.freqs", r"net.layers.\1.attn.rotary_freqs"),
+    (_T + r"layers\.(\d+)\.0\.to_out\.0\.weight", r"net.layers.\1.attn.to_out.weight"),
+    (_T + r"layers\.(\d+)\.0\.to_out\.1\.gamma", r"net.layers.\1.attn.out_norm.weight"),
+    (_T + r"layers\.(\d+)\.0\.to_out\.1\.beta", "zero"),
+    (_T + r"layers\.(\d+)\.1\.0\.gamma", r"net.layers.\1.ff.norm.weight"),
+    (_T + r"layers\.(\d+)\.1\.0\.beta", "zero"),
+    (_T + r"layers\.(\d+)\.1\.1\.weight", r"net.layers.\1.ff.w_in.weight"),
+    (_T + r"layers\.(\d+)\.1\.5\.weight", r"net.layers.\1.ff.w_out.weight"),
+    (_T + r"norm\.gamma", "net.final_norm.weight"),
+    (_T + r"norm\.beta", "zero"),
+    (_T + r"project_out\.weight", "net.project_out.weight"),
+    (r"latent_mean", "latent_mean"),
+    (r"latent_std", "latent_std"),
+] + [(re.escape(name), name) for name in BUFFER_NAMES]
+_COMPILED_RULES = [(re.compile(pattern + r"\Z"), target) for pattern, target in KEY_RULES]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The trainer state dict of a clip2latent ``.ckpt``, loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentmapError(f"clip2latent checkpoint {str(path)!r} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused or file corrupt: say which file
+        raise LatentmapError(f"cannot read {str(path)!r} as a plain-tensor torch checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("state_dict"), dict):
+        raise LatentmapError(f"{str(path)!r} is not a clip2latent checkpoint (no 'state_dict' dict)")
+    return loaded["state_dict"]
+
+
+def select_weights(state: dict[str, Tensor], weights: str = "ema") -> dict[str, Tensor]:
+    """One prior's state dict (prefix removed) out of the trainer's: ``ema`` (default) or ``online``."""
+    if weights not in WEIGHT_PREFIXES:
+        raise LatentmapError(f"weights must be one of {', '.join(WEIGHT_PREFIXES)}, got {weights!r}")
+    prefix = WEIGHT_PREFIXES[weights]
+    known_prefixes = tuple(WEIGHT_PREFIXES.values()) + ("ema_diffusion_prior.online_model.",)
+    for key in state:
+        if key not in IGNORED_TOP_LEVEL and not key.startswith(known_prefixes):
+            raise LatentmapError(f"unexpected key {key!r} in clip2latent checkpoint")
+    selected = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if not selected:
+        raise LatentmapError(f"clip2latent checkpoint has no {weights} weights (no keys starting with {prefix!r})")
+    return selected
+
+
+def _map_key(key: str) -> str | None:
+    for pattern, target in _COMPILED_RULES:
+        match = pattern.match(key)
+        if match:
+            return target if target == "zero" else match.expand(target)
+    return None
+
+
+def _find(state: dict[str, Tensor], key: str) -> Tensor:
+    if key not in state:
+        raise LatentmapError(f"clip2latent state dict is missing key {key!r}")
+    return state[key]
+
+
+def infer_config(state: dict[str, Tensor], clip2latent_config: dict[str, Any] | None = None) -> PriorConfig:
+    """The PriorConfig a DALLE2 prior state dict was built with, from tensor shapes (+ the yaml's flags)."""
+    query = _find(state, "net.learned_query")
+    tokens, dim = (1, query.shape[0]) if query.ndim == 1 else tuple(query.shape)
+    timesteps = _find(state, "net.to_time_embeds.0.weight").shape[0]
+    null_kv = _find(state, _T.replace("\\", "") + "layers.0.0.null_kv")
+    dim_head = null_kv.shape[1]
+    heads = _find(state, _T.replace("\\", "") + "layers.0.0.to_q.weight").shape[0] // dim_head
+    ff_mult = _find(state, _T.replace("\\", "") + "layers.0.1.5.weight").shape[1] // dim
+    layer_ids = {int(m.group(1)) for k in state if (m := re.match(_T + r"layers\.(\d+)\.", k))}
+    diffusion = (clip2latent_config or {}).get("model", {}).get("diffusion", {})
+    schedule = diffusion.get("beta_schedule") or _detect_schedule(_find(state, "betas"))
+    objective = "x0" if diffusion.get("predict_x_start", True) else "noise"
+    return PriorConfig(
+        latent_dim=dim,
+        tokens=tokens,
+        cond_dim=dim,
+        dim=dim,
+        depth=len(layer_ids),
+        heads=heads,
+        dim_head=dim_head,
+        ff_mult=ff_mult,
+        timesteps=timesteps,
+        schedule=schedule,
+        objective=objective,
+        cond_drop_prob=float(diffusion.get("cond_drop_prob", 0.2)),
+        normalize_cond=False,
+    )
+
+
+def _detect_schedule(betas: Tensor) -> str:
+    for kind in ("cosine", "linear"):
+        reference = make_betas(kind, betas.shape[0]).to(torch.float32)
+        if torch.allclose(betas.float(), reference, rtol=1e-3, atol=1e-6):
+            return kind
+    raise LatentmapError("cannot tell the beta schedule from the checkpoint's betas; pass the clip2latent yaml with --config")
+
+
+def convert_state_dict(
+    state: dict[str, Tensor], config: PriorConfig, *, require_latent_stats: bool = True
+) -> dict[str, Tensor]:
+    """DALLE2/clip2latent prior keys -> ours, strictly (unknown, missing or non-zero-bias keys are errors).
+
+    ``require_latent_stats=False`` accepts a plain DALLE2 ``DiffusionPrior`` (no latent statistics:
+    identity normalisation).
+    """
+    converted: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key in UNUSED_PRIOR_KEYS:
+            continue
+        target = _map_key(key)
+        if target is None:
+            raise LatentmapError(f"unexpected key {key!r} in clip2latent prior state dict")
+        if target == "zero":
+            if bool(value.abs().max() != 0):
+                raise LatentmapError(f"LayerNorm bias {key!r} is not zero; latentmap's network has no LayerNorm biases")
+            continue
+        converted[target] = value.detach().to(torch.float32).clone()
+    shape = (config.tokens, config.latent_dim)
+    for name in ("net.learned_query", "latent_mean", "latent_std"):
+        if name in converted:
+            converted[name] = converted[name].reshape(shape if name != "net.learned_query" else (config.tokens, config.dim))
+    if not require_latent_stats:
+        converted.setdefault("latent_mean", torch.zeros(shape))
+        converted.setdefault("latent_std", torch.ones(shape))
+    expected_shapes = DiffusionPrior.expected_state_shapes(config)
+    expected = set(expected_shapes)
+    missing = sorted(expected - set(converted))
+    if missing:
+        raise LatentmapError(f"clip2latent state dict is missing the weights for {missing[0]!r}")
+    extra = sorted(set(converted) - expected)
+    if extra:
+        raise LatentmapError(f"clip2latent state dict has weights for {extra[0]!r}, which this config does not use")
+    for name, shape in expected_shapes.items():
+        if tuple(converted[name].shape) != shape:
+            raise LatentmapError(f"weights for {name!r} have shape {tuple(converted[name].shape)}, expected {shape}")
+    return converted
+
+
+def prior_from_dalle2_state(
+    state: dict[str, Tensor],
+    clip2latent_config: dict[str, Any] | None = None,
+    *,
+    require_latent_stats: bool = True,
+) -> DiffusionPrior:
+    """A DiffusionPrior (eval mode) holding a DALLE2-pytorch prior's weights and stored buffers."""
+    config = infer_config(state, clip2latent_config)
+    converted = convert_state_dict(state, config, require_latent_stats=require_latent_stats)
+    prior = DiffusionPrior(config)
+    prior.load_state_dict(converted, strict=True)
+    return prior.eval()
+
+
+def read_clip2latent_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A clip2latent run config (``model.network``, ``model.diffusion``, ``data.latent_repeats`` ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentmapError(f"clip2latent config {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LatentmapError(f"{str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LatentmapError(f"{str(path)!r} is not a clip2latent config (expected a mapping)")
+    return data
+
+
+def space_for(tokens: int, dim: int, latent_repeats: list[int] | None) -> LatentSpace:
+    """The latent space a clip2latent model generates: w (one token) or w3 (three), from latent_repeats."""
+    if latent_repeats is None:
+        if tokens == 1:
+            latent_repeats = [18]
+        elif tokens == 3:
+            latent_repeats = [4, 4, 10]
+        else:
+            raise LatentmapError(f"a {tokens}-latent clip2latent model needs its yaml (--config) for latent_repeats")
+    repeats = [int(r) for r in latent_repeats]
+    if len(repeats) != tokens:
+        raise LatentmapError(f"latent_repeats {repeats} has {len(repeats)} entries but the checkpoint has {tokens} latents")
+    if tokens == 1:
+        return w_space(repeats[0], dim)
+    if tokens == 3:
+        return w3_space(sum(repeats), dim, repeats)
+    return LatentSpace("w+" if all(r == 1 for r in repeats) else f"w{tokens}", dim, tuple(repeats))
+
+
+def import_clip2latent(
+    checkpoint: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    weights: str = "ema",
+    generator: str = DEFAULT_GENERATOR,
+    encoder: str = DEFAULT_ENCODER,
+) -> tuple[DiffusionPrior, dict[str, Any], dict[str, Tensor]]:
+    """Read a clip2latent checkpoint: (prior, checkpoint metadata, extra tensors).
+
+    The extra tensors hold the other weight copy (the online weights when importing the EMA one)
+    under ``online.``/``ema.``, so nothing of the original is lost.
+    """
+    state = read_checkpoint(checkpoint)
+    clip2latent_config = read_clip2latent_yaml(config) if config is not None else None
+    selected = select_weights(state, weights)
+    prior = prior_from_dalle2_state(selected, clip2latent_config)
+    other = "online" if weights == "ema" else "ema"
+    other_state = select_weights(state, other)
+    other_converted = convert_state_dict(other_state, prior.config)
+    data_config = (clip2latent_config or {}).get("data", {})
+    space = space_for(prior.config.tokens, prior.config.latent_dim, data_config.get("latent_repeats"))
+    step = state.get("step")
+    metadata = {
+        "encoder": {
+            "name": encoder,
+            "embed_dim": prior.config.cond_dim,
+            "conditions": "raw",
+            "preprocess": DOUBLE_NORM_PREPROCESS,
+        },
+        "generator": {"name": generator, "space": space.to_dict()},
+        "space": space.to_dict(),
+        "recipe": {},
+        "imported_from": {
+            "format": "clip2latent",
+            "file": Path(checkpoint).name,
+            "weights": weights,
+            "step": float(step.reshape(-1)[0]) if isinstance(step, Tensor) else None,
+            "clip2latent_config": clip2latent_config,
+            "notes": (
+                "conditions are raw (un-normalised) encoder embeddings; clip2latent's image conditions were "
+                "made from doubly CLIP-normalised pixels (encoder.preprocess); stored EMA buffers kept as is"
+            ),
+        },
+    }
+    extra = {f"{other}.{name}": tensor for name, tensor in other_converted.items()}
+    return prior, metadata, extra
