@@ -1,0 +1,384 @@
+"""build-data: draw latents, synthesise, embed the images, write shards of (latent, embedding) pairs.
+
+The loop keeps the generator and the encoder busy on whole batches while a writer thread casts,
+summarises, checksums and writes complete shards (a bounded queue, so memory stays at a couple of
+shards). Shard ``i`` of ``n`` samples draws its latents from its own random stream in fixed chunks
+of ``LATENT_CHUNK`` samples, so its latents do not depend on ``--batch-size``, on which process built
+it, or on an interruption; its embeddings then equal any other build's up to the float rounding of
+batched matrix products (bit-for-bit with the same batch size and device).
+
+A re-run continues: every existing shard is checked (its build key, index, count and content
+checksum) and reused if intact, rebuilt otherwise. Under torchrun rank ``r`` builds the shards
+``i % world == r``; rank 0 writes the final manifest once every rank is done.
+"""
+
+from __future__ import annotations
+
+import platform
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from latentmap.data.atomic import remove_stale_temporaries, write_atomic
+from latentmap.data.distributed import DistContext
+from latentmap.data.manifest import (
+    STD_CORRECTION,
+    BuildSettings,
+    read_manifest_json,
+    settings_difference,
+    start_manifest,
+    write_manifest_json,
+)
+from latentmap.data.previews import (
+    CONTACT_SHEET,
+    PREVIEW_COUNT,
+    render_first,
+    save_contact_sheet,
+    save_shard_preview,
+    thumbnails,
+)
+from latentmap.data.seeds import shard_generator
+from latentmap.data.shards import ShardRecord, encode_shard, inspect_shard, read_shard, shard_file_name, storage_dtype
+from latentmap.data.stats import merge_all
+from latentmap.errors import LatentmapError
+from latentmap.interfaces import Encoder, Generator
+
+# Latents are drawn in chunks of this many samples (the last one of a shard smaller): fixed, so the
+# random stream of a shard is consumed identically whatever the batch size.
+LATENT_CHUNK = 1024
+# Complete shards waiting for the writer; bounds memory while compute runs ahead of the disk.
+MAX_PENDING_SHARDS = 2
+
+
+@dataclass
+class BuildConfig:
+    """What to build and where (the generator and encoder come separately, ready on their device)."""
+
+    out: Path
+    samples: int
+    batch_size: int = 64
+    shard_size: int = 10_000
+    seed: int = 0
+    dtype: str = "float16"
+    save_images: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("samples", "batch_size", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LatentmapError(f"build-data: {name} must be a positive integer, got {value!r}")
+        storage_dtype(self.dtype)
+
+
+@dataclass
+class BuildSummary:
+    """What a build did (this process's share, plus the dataset totals)."""
+
+    out: Path
+    samples: int
+    shards: int
+    built_shards: int
+    built_samples: int
+    reused_shards: int
+    seconds: float
+    bytes_on_disk: int
+    world_size: int = 1
+    rebuilt: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.built_samples / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """The one-paragraph summary printed at the end of a build."""
+        lines = [
+            f"dataset {self.out}: {self.samples:,} samples in {self.shards} shards, {self.bytes_on_disk / 1e6:,.1f} MB",
+            f"this run: built {self.built_shards} shards ({self.built_samples:,} samples) in {self.seconds:,.1f} s "
+            f"({self.samples_per_second:,.0f} samples/s), reused {self.reused_shards} complete shards"
+            + (f", {self.world_size} processes" if self.world_size > 1 else ""),
+        ]
+        for index, reason in self.rebuilt:
+            lines.append(f"rebuilt shard {index}: {reason}")
+        return "\n".join(lines)
+
+
+def plan_shards(samples: int, shard_size: int) -> list[int]:
+    """Sample counts of the shards: full shards, then the remainder."""
+    full, rest = divmod(samples, shard_size)
+    return [shard_size] * full + ([rest] if rest else [])
+
+
+def latent_batches(
+    generator: Generator, count: int, rng: torch.Generator, batch_size: int, chunk: int = LATENT_CHUNK
+) -> Iterator[Tensor]:
+    """Batches of ``count`` latents drawn from ``rng`` in fixed chunks, re-cut to ``batch_size``."""
+    pending: list[Tensor] = []
+    buffered = drawn = 0
+    while drawn < count or buffered:
+        while buffered < batch_size and drawn < count:
+            size = min(chunk, count - drawn)
+            pending.append(generator.sample_latents(size, generator=rng))
+            buffered += size
+            drawn += size
+        joined = pending[0] if len(pending) == 1 else torch.cat(pending)
+        batch, rest = joined[:batch_size], joined[batch_size:]
+        pending = [rest] if rest.shape[0] else []
+        buffered = rest.shape[0]
+        yield batch
+
+
+@dataclass
+class _ShardJob:
+    index: int
+    latents: list[Tensor]
+    embeddings: list[Tensor]
+    previews: Tensor | None
+
+
+class ShardWriter:
+    """A thread that encodes and writes complete shards while the main thread computes the next.
+
+    A failure in the thread (a full disk) is re-raised in the main thread by ``submit``/``close``.
+    """
+
+    def __init__(self, root: Path, build_key: str, *, max_pending: int = MAX_PENDING_SHARDS) -> None:
+        self.root = root
+        self.build_key = build_key
+        self.records: list[ShardRecord] = []
+        self.bytes_written = 0
+        self._queue: queue.Queue[_ShardJob | None] = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="latentmap-shard-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _ShardJob) -> None:
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(job, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> list[ShardRecord]:
+        """Wait for every submitted shard to be on disk; returns their records."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        return self.records
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so the main thread never blocks on a dead writer
+            try:
+                self._write(job)
+            except BaseException as exc:  # noqa: BLE001  (handed to the main thread)
+                self._error = exc
+
+    def _write(self, job: _ShardJob) -> None:
+        latents = torch.cat(job.latents)
+        embeddings = torch.cat(job.embeddings)
+        data, record = encode_shard(job.index, latents, embeddings, build_key=self.build_key)
+        write_atomic(self.root / record.file, data)
+        self.bytes_written += len(data)
+        self.records.append(record)
+        if job.previews is not None:
+            save_shard_preview(self.root, record.file, job.previews)
+
+
+def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] | None:
+    """The existing manifest of ``out`` if its settings match, None if there is none; refuse otherwise."""
+    existing = read_manifest_json(out)
+    if existing is None:
+        return None
+    stored = {key: existing.get(key) for key in settings.to_dict()}
+    difference = settings_difference(stored, settings.to_dict())
+    if difference is not None:
+        key, old, new = difference
+        raise LatentmapError(
+            f"{out} holds a dataset built with {key}={old!r}, not {new!r}; "
+            "choose a new --out folder, or repeat the original settings to resume"
+        )
+    return existing
+
+
+def _compute_shard(
+    generator: Generator,
+    encoder: Encoder,
+    index: int,
+    count: int,
+    config: BuildConfig,
+    dtype: torch.dtype,
+    bar: Any,
+) -> _ShardJob:
+    """Generate and embed shard ``index``: whole batches on the models' device, results on the CPU."""
+    rng = shard_generator(config.seed, index)
+    latent_parts: list[Tensor] = []
+    embed_parts: list[Tensor] = []
+    previews: list[Tensor] = []
+    kept = 0
+    with torch.inference_mode():
+        for latents in latent_batches(generator, count, rng, config.batch_size):
+            latents = latents.to(generator.device)
+            images = generator.synthesize(latents)
+            embeddings = encoder.embed_image(images)
+            latent_parts.append(latents.to(dtype).cpu())
+            embed_parts.append(embeddings.to(dtype).cpu())
+            if config.save_images and kept < PREVIEW_COUNT:
+                previews.append(thumbnails(images[: PREVIEW_COUNT - kept]))
+                kept += previews[-1].shape[0]
+            bar.update(latents.shape[0])
+    return _ShardJob(index, latent_parts, embed_parts, torch.cat(previews) if previews else None)
+
+
+def build_dataset(
+    generator: Generator,
+    encoder: Encoder,
+    config: BuildConfig,
+    *,
+    dist: DistContext | None = None,
+) -> BuildSummary:
+    """Build (or resume, or verify and repair) the dataset ``config.out``; see the module docstring."""
+    dist = dist or DistContext()
+    started = time.perf_counter()
+    dtype = storage_dtype(config.dtype)
+    settings = BuildSettings(
+        generator=generator.identity(),
+        encoder=encoder.identity(),
+        space=generator.space.to_dict(),
+        seed=config.seed,
+        shard_size=config.shard_size,
+        dtype=config.dtype,
+    )
+    build_key = settings.key()
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise LatentmapError(f"--out {out} is a file, expected a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    existing = _check_same_settings(out, settings)
+    if dist.is_main:
+        remove_stale_temporaries(out)
+        if existing is None or existing.get("samples") != config.samples or not existing.get("complete"):
+            write_manifest_json(out, start_manifest(settings, config.samples))
+    dist.barrier()
+
+    counts = plan_shards(config.samples, config.shard_size)
+    mine = [index for index in range(len(counts)) if dist.owns_shard(index)]
+    records: dict[int, ShardRecord] = {}
+    rebuilt: list[tuple[int, str]] = []
+    to_build: list[int] = []
+    for index in mine:
+        record, reason = inspect_shard(out / shard_file_name(index), index=index, count=counts[index], build_key=build_key)
+        if record is not None:
+            records[index] = record
+        else:
+            to_build.append(index)
+            if reason != "missing":
+                rebuilt.append((index, reason))
+
+    my_total = sum(counts[i] for i in mine)
+    bar = tqdm(
+        total=my_total,
+        initial=my_total - sum(counts[i] for i in to_build),
+        unit="samples",
+        unit_scale=True,
+        desc=f"build-data {out.name}" + (f" rank {dist.rank}/{dist.world_size}" if dist.world_size > 1 else ""),
+        disable=not config.progress or not dist.is_main,
+        dynamic_ncols=True,
+    )
+    writer = ShardWriter(out, build_key)
+    build_started = time.perf_counter()
+    try:
+        for index in to_build:
+            writer.submit(_compute_shard(generator, encoder, index, counts[index], config, dtype, bar))
+        new_records = writer.close()
+    finally:
+        bar.close()
+    build_seconds = time.perf_counter() - build_started
+    records.update({record.index: record for record in new_records})
+
+    dist.barrier()
+    if dist.is_main:
+        _finalise(out, generator, settings, config, counts, records, build_key, dist, time.perf_counter() - started)
+    dist.barrier()
+    return BuildSummary(
+        out=out,
+        samples=config.samples,
+        shards=len(counts),
+        built_shards=len(to_build),
+        built_samples=sum(counts[i] for i in to_build),
+        reused_shards=len(mine) - len(to_build),
+        seconds=build_seconds,
+        bytes_on_disk=sum((out / shard_file_name(i)).stat().st_size for i in range(len(counts))),
+        world_size=dist.world_size,
+        rebuilt=rebuilt,
+    )
+
+
+def _finalise(
+    out: Path,
+    generator: Generator,
+    settings: BuildSettings,
+    config: BuildConfig,
+    counts: list[int],
+    records: dict[int, ShardRecord],
+    build_key: str,
+    dist: DistContext,
+    seconds: float,
+) -> None:
+    """Rank 0, after every rank is done: verify other ranks' shards, merge statistics, write the manifest."""
+    ordered: list[ShardRecord] = []
+    for index, count in enumerate(counts):
+        record = records.get(index)
+        if record is None:
+            record, reason = inspect_shard(out / shard_file_name(index), index=index, count=count, build_key=build_key)
+            if record is None:
+                raise LatentmapError(f"shard {out / shard_file_name(index)} is not complete after the build: {reason}")
+        ordered.append(record)
+    latent = merge_all(r.latent_moments for r in ordered)
+    embed = merge_all(r.embed_moments for r in ordered)
+    manifest = start_manifest(settings, config.samples)
+    manifest.update(
+        complete=True,
+        shards=[r.manifest_entry() for r in ordered],
+        latent_shape=list(latent.mean.shape),
+        embed_dim=int(embed.mean.shape[0]),
+        stats={
+            "std_correction": STD_CORRECTION,
+            "latent_mean": latent.mean.tolist(),
+            "latent_std": latent.std(STD_CORRECTION).tolist(),
+            "embed_mean": embed.mean.tolist(),
+            "embed_std": embed.std(STD_CORRECTION).tolist(),
+        },
+        build={
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "world_size": dist.world_size,
+            "seconds": round(seconds, 3),
+            "torch": torch.__version__,
+        },
+    )
+    if config.save_images and not (out / CONTACT_SHEET).exists():
+        latents, _ = read_shard(out / shard_file_name(0))
+        title = f"{settings.generator.get('name', 'generator')} / {settings.space.get('name', '')}: first {min(PREVIEW_COUNT, counts[0])} samples"
+        save_contact_sheet(out, render_first(generator, latents), title)
+    write_manifest_json(out, manifest)
