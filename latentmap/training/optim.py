@@ -1,0 +1,55 @@
+"""The optimiser, per-step random streams and mixed precision of the training loop."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import numpy as np
+import torch
+from torch import nn
+
+from latentmap.errors import LatentmapError
+
+
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (as DALLE2-pytorch's prior trainer).
+
+    Vectors (LayerNorm gains, the learned query) are not decayed: shrinking a norm's gain toward
+    zero only fights the normalisation.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """The random stream of one training step on one process (timesteps, noise, dropout, augmentation).
+
+    Derived from (seed, rank, step) alone, so a resumed run draws exactly what the uninterrupted run
+    drew, on every rank, without carrying generator states around.
+    """
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
+    value = (int(state[0]) << 31) ^ int(state[1])
+    return torch.Generator(device=device).manual_seed(value)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LatentmapError("train.precision is bf16 but this GPU does not support bfloat16; use fp32")
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """Mixed-precision context for the forward pass (weights and optimiser stay float32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

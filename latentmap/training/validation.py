@@ -1,0 +1,151 @@
+"""Validation during training: the paper's CLIP score on text prompts and on held-out images.
+
+For every validation prompt the prior samples ``samples_per_prompt`` latents from the prompt's raw
+text embedding, the generator renders them and the encoder embeds the images; the score is the mean
+cosine similarity between each image embedding and its condition. The same is done with held-out
+image embeddings of the dataset (never trained on) as conditions. Text score picks the best
+checkpoint (the paper's selection rule); the image score shows how well the prior fits its own
+training distribution, and the held-out loss whether it over-fits.
+
+The noise is drawn from a fixed seed, so successive validations differ only by the weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentmap.images import contact_sheet
+from latentmap.interfaces import Encoder, Generator, Prior
+from latentmap.scoring import clip_scores, embed_images
+
+THUMBNAIL = 128  # grid tiles are stored at most this many pixels square
+
+
+@dataclass
+class ValidationSet:
+    """Conditions scored at each validation: prompts with their text embeddings, held-out pairs."""
+
+    prompts: list[str]
+    text_embeds: Tensor  # (P, D) raw text embeddings
+    holdout_latents: Tensor  # (N, tokens, dim)
+    holdout_embeds: Tensor  # (N, D) raw image embeddings
+
+
+@dataclass
+class ValidationOptions:
+    samples_per_prompt: int = 4
+    steps: int = 25
+    sampler: str = "ddim"
+    guidance: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+
+
+def prepare_validation(
+    encoder: Encoder, prompts: list[str], holdout: tuple[Tensor, Tensor], *, image_conditions: int
+) -> ValidationSet:
+    """Embed the prompts once and keep the first ``image_conditions`` held-out pairs."""
+    with torch.no_grad():
+        text = encoder.embed_text(prompts).float().cpu()
+    latents, embeds = holdout
+    return ValidationSet(prompts, text, latents[:image_conditions].float().cpu(), embeds[:image_conditions].float().cpu())
+
+
+@torch.no_grad()
+def render_and_score(
+    prior: Prior, generator: Generator, encoder: Encoder, cond: Tensor, options: ValidationOptions, seed_offset: int
+) -> tuple[Tensor, Tensor]:
+    """Sample one latent per condition row, render, score: (scores (N,), thumbnails (N, 3, h, w))."""
+    device = next(prior.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(options.seed + seed_offset)
+    scores, thumbs = [], []
+    for start in range(0, cond.shape[0], options.batch_size):
+        chunk = cond[start : start + options.batch_size].to(device)
+        latents = prior.sample(
+            chunk, steps=options.steps, sampler=options.sampler, guidance=options.guidance, generator=rng
+        )
+        images = generator.synthesize(latents.to(generator.device)).float()
+        image_embeds = embed_images(encoder, images, batch_size=options.batch_size)
+        scores.append(clip_scores(image_embeds, F.normalize(chunk.float(), dim=-1)).cpu())
+        if images.shape[-1] > THUMBNAIL:
+            images = F.interpolate(images, size=(THUMBNAIL, THUMBNAIL), mode="area")
+        thumbs.append(images.cpu())
+    return torch.cat(scores), torch.cat(thumbs)
+
+
+@torch.no_grad()
+def validate(
+    prior: Prior,
+    generator: Generator,
+    encoder: Encoder,
+    vset: ValidationSet,
+    options: ValidationOptions,
+    *,
+    grid_dir: Path | None = None,
+) -> dict[str, float]:
+    """Score ``prior`` (the EMA copy) and write one PNG grid per prompt under ``grid_dir``."""
+    was_training = prior.training
+    prior.eval()
+    results: dict[str, float] = {}
+    cond = vset.text_embeds.repeat_interleave(options.samples_per_prompt, dim=0)
+    text_scores, thumbs = render_and_score(prior, generator, encoder, cond, options, seed_offset=0)
+    results["val/text_clip"] = text_scores.mean().item()
+    if grid_dir is not None:
+        write_grids(grid_dir, vset.prompts, thumbs, text_scores, options.samples_per_prompt)
+    if vset.holdout_embeds.shape[0] > 0:
+        image_scores, _ = render_and_score(prior, generator, encoder, vset.holdout_embeds, options, seed_offset=1)
+        results["val/image_clip"] = image_scores.mean().item()
+        results["val/loss"] = holdout_loss(prior, vset, options)
+    prior.train(was_training)
+    return results
+
+
+def holdout_loss(prior: Prior, vset: ValidationSet, options: ValidationOptions) -> float:
+    """The training loss on held-out pairs, with fixed noise."""
+    device = next(prior.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(options.seed + 2)
+    total, count = 0.0, 0
+    for start in range(0, vset.holdout_latents.shape[0], options.batch_size):
+        latents = vset.holdout_latents[start : start + options.batch_size].to(device)
+        embeds = vset.holdout_embeds[start : start + options.batch_size].to(device)
+        total += prior.loss(latents, embeds, generator=rng).item() * latents.shape[0]
+        count += latents.shape[0]
+    return total / max(count, 1)
+
+
+def write_grids(folder: Path, prompts: list[str], images: Tensor, scores: Tensor, per_prompt: int) -> list[Path]:
+    """One contact sheet per prompt: its samples captioned with their CLIP scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, prompt in enumerate(prompts):
+        rows = slice(index * per_prompt, (index + 1) * per_prompt)
+        captions = [f"{s:.3f}" for s in scores[rows].tolist()]
+        sheet = contact_sheet(images[rows], captions, columns=per_prompt, title=prompt)
+        path = folder / f"{index:02d}-{slug(prompt)}.png"
+        sheet.save(path, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A filename-safe short form of a prompt."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def describe(results: dict[str, Any]) -> str:
+    """``text 0.301 | image 0.712 | held-out loss 0.0412`` for the progress bar and log."""
+    parts = []
+    if "val/text_clip" in results:
+        parts.append(f"text {results['val/text_clip']:.3f}")
+    if "val/image_clip" in results:
+        parts.append(f"image {results['val/image_clip']:.3f}")
+    if "val/loss" in results:
+        parts.append(f"held-out loss {results['val/loss']:.4f}")
+    return " | ".join(parts)
