@@ -18,23 +18,28 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Generator, LatentSpace
 
+if TYPE_CHECKING:  # only for annotations: the pipeline module does not need this one
+    from latentmap.pipeline import Pipeline, SamplerSettings
+
 __all__ = [
     "Direction",
     "apply_direction",
+    "discover_direction",
     "direction_from_latents",
     "load_direction",
     "parse_layers",
+    "render_edits",
     "parse_strengths",
     "save_direction",
     "style_mix",
@@ -181,6 +186,45 @@ def direction_from_latents(
     )
 
 
+def _repeat_rows(cond: Tensor, count: int) -> Tensor:
+    """``count`` conditions cycling through the rows of ``cond`` (one prompt, or a set of image embeddings)."""
+    index = torch.arange(count, device=cond.device) % cond.shape[0]
+    return cond[index]
+
+
+def discover_direction(
+    pipeline: "Pipeline",
+    positive: str | Tensor,
+    negative: str | Tensor,
+    *,
+    samples: int = 64,
+    seed: int = 0,
+    settings: "SamplerSettings | None" = None,
+    labels: tuple[str, str] | None = None,
+) -> Direction:
+    """An edit direction from two prompts (or two sets of image embeddings, (N, D) tensors).
+
+    Samples ``samples`` latents for each side with the prior, from the *same* noise (the same seed):
+    the shared randomness cancels in the difference, so fewer samples give a steadier direction.
+    """
+    if samples < 1:
+        raise LatentmapError(f"--samples must be at least 1, got {samples}")
+    settings = settings or pipeline.defaults()
+    sides = []
+    for side in (positive, negative):
+        if isinstance(side, str):
+            if not side.strip():
+                raise LatentmapError("directions need a non-empty positive and negative prompt")
+            cond = pipeline.embed_prompts([side])
+        else:
+            cond = side.to(pipeline.device).float()
+        sides.append(pipeline.sample_latents(_repeat_rows(cond, samples), settings, seed=seed))
+    names = labels or tuple(s if isinstance(s, str) else f"{s.shape[0]} images" for s in (positive, negative))
+    info = {"positive": names[0], "negative": names[1], "samples": samples, "seed": seed,
+            "settings": settings.to_dict(), "checkpoint": pipeline.checkpoint}
+    return direction_from_latents(sides[0], sides[1], generator=pipeline.generator, info=info)
+
+
 def save_direction(path: str | os.PathLike, direction: Direction) -> Path:
     """Write a direction as one safetensors file; its metadata (JSON) records generator, space and info."""
     path = Path(path)
@@ -238,7 +282,7 @@ def _load_safetensors_direction(path: Path) -> Direction:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise LatentmapError(f"direction file {str(path)!r} is not a readable safetensors file ({exc})") from None
     description = json.loads(metadata.get("latentmap", "{}"))
     if description.get("format") != DIRECTION_FORMAT or "direction" not in tensors:
@@ -293,3 +337,25 @@ def apply_direction(
         offset = offset * keep[:, None]
     scales = torch.tensor(strengths, device=per_layer.device, dtype=per_layer.dtype)
     return per_layer[None] + scales[:, None, None, None] * offset[None, None]
+
+
+def render_edits(
+    generator: Generator,
+    per_layer: Tensor,
+    direction: Direction,
+    strengths: list[float],
+    *,
+    layers: list[int] | None = None,
+) -> Tensor:
+    """Images (B, S, 3, H, W) on the CPU: each latent (B, layers, dim) edited at each strength.
+
+    The direction is checked against the generator first (a direction for another generator or
+    space is refused, naming which).
+    """
+    direction.check(generator)
+    edited = apply_direction(per_layer, direction.per_layer(generator.space), strengths, layers=layers)
+    strips = []
+    with torch.no_grad():
+        for b in range(per_layer.shape[0]):
+            strips.append(generator.synthesize(edited[:, b].to(generator.device)).float().cpu())
+    return torch.stack(strips)

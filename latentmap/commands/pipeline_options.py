@@ -1,0 +1,88 @@
+"""Options shared by the commands that use a trained prior (sample, eval, directions, edit, optimize).
+
+Not a command module itself (``latentmap.cli`` only loads the modules it lists): click decorators
+for checkpoint/device/override options and sampler settings, and the helpers that turn them into a
+:class:`~latentmap.pipeline.Pipeline`, sampler settings and a prompt list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from latentmap.errors import LatentmapError
+from latentmap.pipeline import Pipeline, SamplerSettings, load_pipeline, parse_options
+
+F = Callable[..., Any]
+
+
+def checkpoint_options(required: bool = True) -> Callable[[F], F]:
+    """``--checkpoint``, ``--device``, ``--generator-option``, ``--encoder-option``, ``--no-check-identity``."""
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False), required=required,
+                         help="Prior checkpoint (.safetensors); it names its encoder and generator."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--generator-option", "generator_options", multiple=True, metavar="KEY=VALUE",
+                         help="Override a generator option recorded in the checkpoint (e.g. path=/weights/ffhq.pkl)."),
+            click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
+                         help="Override an encoder option recorded in the checkpoint."),
+            click.option("--no-check-identity", is_flag=True,
+                         help="Use the checkpoint even if the rebuilt encoder/generator differ from the recorded ones."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def sampler_options(func: F) -> F:
+    """``--steps``, ``--sampler``, ``--guidance``, ``--truncation``, ``--eta`` (default: the checkpoint's recipe)."""
+    options = [
+        click.option("--steps", type=int, default=None, help="Denoising steps (respaced) [recipe, else 25]."),
+        click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None, help="Sampler [recipe, else ddim]."),
+        click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale [recipe, else 1.0]."),
+        click.option("--truncation", type=float, default=None, help="Truncation psi toward the mean latent [1.0]."),
+        click.option("--eta", type=float, default=None, help="DDIM eta (0: deterministic given the start noise)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_pipeline(kwargs: dict[str, Any]) -> Pipeline:
+    """A pipeline from the values of :func:`checkpoint_options` (popped from ``kwargs``)."""
+    return load_pipeline(
+        kwargs.pop("checkpoint"),
+        device=kwargs.pop("device"),
+        generator_options=parse_options(kwargs.pop("generator_options"), flag="--generator-option"),
+        encoder_options=parse_options(kwargs.pop("encoder_options"), flag="--encoder-option"),
+        check_identity=not kwargs.pop("no_check_identity"),
+    )
+
+
+def settings_from(pipeline: Pipeline | None, kwargs: dict[str, Any]) -> SamplerSettings:
+    """Sampler settings: the checkpoint's recipe defaults updated by the options given (popped)."""
+    base = pipeline.defaults() if pipeline is not None else SamplerSettings()
+    settings = base.updated(**{k: kwargs.pop(k) for k in ("steps", "sampler", "guidance", "truncation", "eta")})
+    if settings.steps is not None and settings.steps < 1:
+        raise LatentmapError(f"--steps must be at least 1, got {settings.steps}")
+    return settings
+
+
+def gather_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
+    """Prompts from arguments and a prompts file (a path, or a packaged list such as paper-eval-64.txt)."""
+    from latentmap.recipe import read_prompts, resolve_prompts_file
+
+    gathered = [p for p in prompts if p.strip()]
+    if prompts_file:
+        path = resolve_prompts_file(prompts_file, Path.cwd())
+        if path is None:
+            raise LatentmapError(f"prompts file {prompts_file!r} not found (nor among the packaged prompt lists)")
+        gathered += read_prompts(path)
+    return gathered
