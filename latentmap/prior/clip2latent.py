@@ -167,11 +167,12 @@ def convert_state_dict(
             if bool(value.abs().max() != 0):
                 raise LatentmapError(f"LayerNorm bias {key!r} is not zero; latentmap's network has no LayerNorm biases")
             continue
-        converted[target] = value.detach().to(torch.float32).clone()
+        converted[target] = value.detach().to(torch.float32)
     shape = (config.tokens, config.latent_dim)
-    for name in ("net.learned_query", "latent_mean", "latent_std"):
-        if name in converted:
-            converted[name] = converted[name].reshape(shape if name != "net.learned_query" else (config.tokens, config.dim))
+    # DALLE2 keeps single-token tensors without the token axis: (dim,) -> (1, dim).
+    for name, target_shape in (("net.learned_query", (config.tokens, config.dim)), ("latent_mean", shape), ("latent_std", shape)):
+        if name in converted and converted[name].numel() == target_shape[0] * target_shape[1]:
+            converted[name] = converted[name].reshape(target_shape)
     if not require_latent_stats:
         converted.setdefault("latent_mean", torch.zeros(shape))
         converted.setdefault("latent_std", torch.ones(shape))
