@@ -37,8 +37,12 @@ class GeneratorSection:
     """The frozen generator: a registered name, its latent space and factory options."""
 
     name: str = "stylegan2-ffhq"
-    space: str = "w"
+    space: str | None = None  # None: the generator's own default space
     options: dict[str, Any] = field(default_factory=dict)
+
+    def factory_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``get_generator(name, ...)``: the options, plus ``space`` if set."""
+        return {**({"space": self.space} if self.space is not None else {}), **self.options}
 
 
 @dataclass
@@ -47,6 +51,10 @@ class EncoderSection:
 
     name: str = "openclip:ViT-B-32/openai"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def factory_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``get_encoder(name, ...)``."""
+        return dict(self.options)
 
 
 @dataclass
@@ -308,7 +316,10 @@ class _MissingFile:
 
 
 def _apply_override(raw: dict[str, Any], text: str, where: Path) -> None:
-    parts, value = parse_override(text)
+    try:
+        parts, value = parse_override(text)
+    except LatentmapError as exc:
+        raise LatentmapError(f"{exc} (recipe {where})") from None
     section, name = parts[0], parts[1]
     if section not in SECTIONS:
         raise LatentmapError(f"--set {text}: unknown key {section!r}{_suggest(section, SECTIONS)} (recipe {where})")

@@ -155,8 +155,8 @@ def load_models(recipe: Recipe, manifest: Any, device: torch.device) -> tuple[Ge
     """The recipe's generator and encoder, checked against the ones the dataset was built with."""
     from latentmap import get_encoder, get_generator
 
-    generator = get_generator(recipe.generator.name, space=recipe.generator.space, **recipe.generator.options)
-    encoder = get_encoder(recipe.encoder.name, **recipe.encoder.options)
+    generator = get_generator(recipe.generator.name, **recipe.generator.factory_options())
+    encoder = get_encoder(recipe.encoder.name, **recipe.encoder.factory_options())
     where = recipe.source or "recipe"
     for role, identity, built in (("generator", generator.identity(), manifest.generator),
                                   ("encoder", encoder.identity(), manifest.encoder)):
