@@ -49,9 +49,13 @@ def cosine_betas(timesteps: int, offset: float = 0.008) -> Tensor:
 
 
 def linear_betas(timesteps: int) -> Tensor:
-    """The DDPM linear schedule, 1e-4 to 0.02 at 1000 steps, scaled so other lengths cover the same range."""
+    """The DDPM linear schedule, 1e-4 to 0.02 at 1000 steps, scaled so other lengths cover the same range.
+
+    Clipped at 0.999 like the cosine schedule: below 21 steps the scaled end would reach β = 1
+    (ᾱ = 0, no signal left, and a predict-noise model could not be inverted).
+    """
     scale = 1000 / timesteps
-    return torch.linspace(scale * 0.0001, scale * 0.02, timesteps, dtype=torch.float64)
+    return torch.linspace(scale * 0.0001, scale * 0.02, timesteps, dtype=torch.float64).clip(max=0.999)
 
 
 def make_betas(kind: str, timesteps: int) -> Tensor:
