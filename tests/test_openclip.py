@@ -1,0 +1,382 @@
+"""The open_clip encoder plugin on tiny random open_clip models built from a config written by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+from safetensors.torch import save_file
+
+import latentmap
+from latentmap.errors import LatentmapError
+from latentmap.weights import sha256_file
+from latentmap_openclip.encoder import OpenClipEncoder
+from latentmap_openclip.preprocess import Clip2LatentPreprocess, OpenClipPreprocess
+from latentmap_openclip.spec import parse_spec
+
+TINY_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 4},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+PROMPTS = ["a red square", "a small blue circle at the top", "a green triangle", "nothing", "a yellow star on the left"]
+
+
+@pytest.fixture(autouse=True)
+def _threads_and_env(monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.delenv("LATENTMAP_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    (folder / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir) -> OpenClipEncoder:
+    return latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}", device="cpu")
+
+
+def _picture(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A (1, 3, H, W) picture in [-1, 1]: smooth colour gradients, a disc and mild texture."""
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(-1, 1, height).view(height, 1)
+    xs = torch.linspace(-1, 1, width).view(1, width)
+    disc = ((xs - 0.2) ** 2 + (ys + 0.1) ** 2 < 0.3).float()
+    red = torch.sin(3 * xs + 2 * ys) * 0.6
+    green = torch.cos(4 * ys) * 0.5 + disc * 0.4
+    blue = xs * ys * 0.8 - disc * 0.5
+    texture = F.interpolate(torch.rand(1, 3, height // 4, width // 4, generator=gen), size=(height, width), mode="bilinear")
+    image = torch.stack([red, green, blue]).unsqueeze(0) + (texture - 0.5) * 0.4
+    return image.clamp(-1, 1)
+
+
+def _save_png(image: torch.Tensor, path: Path) -> torch.Tensor:
+    """Save (1, 3, H, W) in [-1, 1] as an 8-bit PNG; return the quantised picture as the tensor it now is."""
+    array = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    Image.fromarray(array).save(path)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
+
+
+# ------------------------------------------------------------------------------------------- the basics
+
+
+def test_shapes_dtype_frozen_and_registered(tiny):
+    assert isinstance(tiny, OpenClipEncoder)
+    assert tiny.embed_dim == 16 and tiny.image_size == (32, 32)
+    images = _picture(70, 50).repeat(3, 1, 1, 1)
+    embeddings = tiny.embed_image(images)
+    assert embeddings.shape == (3, 16) and embeddings.dtype == torch.float32
+    assert tiny.embed_text(PROMPTS).shape == (5, 16)
+    assert tiny.embed_text([]).shape == (0, 16)
+    assert tiny.embed_image(images[:0]).shape == (0, 16)
+    assert not tiny.model.training
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    assert torch.isfinite(embeddings).all() and embeddings.std() > 0
+
+
+def test_gradients_flow_to_images_even_with_a_text_target(tiny):
+    target = tiny.embed_text(["a red square"], normalize=True)
+    images = _picture(64, 64).requires_grad_(True)
+    score = (tiny.embed_image(images, normalize=True) * target).sum()
+    score.backward()  # the text embedding must not be an inference tensor here
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    assert images.grad.abs().sum() > 0
+    # A small step along the gradient raises the score: the gradient is the real one.
+    with torch.no_grad():
+        stepped = (images + 1e-2 * images.grad / images.grad.abs().max()).clamp(-1, 1)
+        assert (tiny.embed_image(stepped, normalize=True) * target).sum() > score.detach()
+
+
+def test_text_batching_equals_one_by_one(tiny_dir, tiny):
+    small_batches = OpenClipEncoder(str(tiny_dir / "tiny.json"), text_batch_size=2, device="cpu")
+    batched = small_batches.embed_text(PROMPTS)
+    single = torch.cat([tiny.embed_text([p]) for p in PROMPTS])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(single[0], single[1])  # distinct prompts, distinct embeddings
+
+
+def test_image_batching_equals_whole_batch(tiny_dir, tiny):
+    images = torch.cat([_picture(48, 48, seed=s) for s in range(5)])
+    chunked = OpenClipEncoder(str(tiny_dir / "tiny.json"), batch_size=2, device="cpu").embed_image(images)
+    torch.testing.assert_close(chunked, tiny.embed_image(images), atol=1e-5, rtol=1e-5)
+
+
+def test_normalize_flag(tiny):
+    raw_text, unit_text = tiny.embed_text(PROMPTS), tiny.embed_text(PROMPTS, normalize=True)
+    torch.testing.assert_close(unit_text.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(unit_text, raw_text / raw_text.norm(dim=-1, keepdim=True))
+    assert not torch.allclose(raw_text.norm(dim=-1), torch.ones(5), atol=1e-2)  # raw really is raw
+    images = _picture(40, 40)
+    raw_image = tiny.embed_image(images)
+    torch.testing.assert_close(tiny.embed_image(images, normalize=True), F.normalize(raw_image, dim=-1))
+
+
+def test_low_precision_weights_still_return_float32(tiny_dir, tiny):
+    half = OpenClipEncoder(str(tiny_dir / "tiny.json"), dtype="bfloat16", device="cpu")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    images = torch.cat([_picture(32, 32, seed=s) for s in range(2)])
+    low, full = half.embed_image(images), tiny.embed_image(images)
+    assert low.dtype == torch.float32
+    assert F.cosine_similarity(low, full).min() > 0.98
+    assert half.embed_text(PROMPTS[:2]).dtype == torch.float32
+
+
+def test_bad_inputs_and_options_are_one_line_errors(tiny, tiny_dir):
+    with pytest.raises(LatentmapError, match=r"\(B, 3, H, W\).*got \(3, 32, 32\)"):
+        tiny.embed_image(torch.zeros(3, 32, 32))
+    with pytest.raises(LatentmapError, match="float images"):
+        tiny.embed_image(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(LatentmapError, match="dtype='float8'"):
+        OpenClipEncoder(str(tiny_dir / "tiny.json"), dtype="float8")
+    with pytest.raises(LatentmapError, match="preprocess='bilinear-magic'"):
+        OpenClipEncoder(str(tiny_dir / "tiny.json"), preprocess="bilinear-magic")
+    with pytest.raises(LatentmapError, match="has no option 'colour'"):
+        latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}", colour="red")
+
+
+# ------------------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (60, 90), (24, 40)])
+def test_matches_open_clip_preprocess_of_the_saved_png(tiny, tmp_path, height, width):
+    """Embedding the tensor == embedding the same picture saved as PNG and run through open_clip's transform."""
+    image = _picture(height, width)
+    quantised = _save_png(image, tmp_path / "picture.png")
+    transform = image_transform_v2(PreprocessCfg(**tiny._loaded.preprocess_cfg), is_train=False)
+    reference_pixels = transform(Image.open(tmp_path / "picture.png")).unsqueeze(0)
+
+    ours_pixels = tiny.preprocess_images(quantised)
+    assert ours_pixels.shape == reference_pixels.shape == (1, 3, 32, 32)
+    # Pixel-level agreement (normalised units; one 8-bit step is ~0.015 here).
+    assert (ours_pixels - reference_pixels).abs().max() < 0.05
+
+    with torch.no_grad():
+        reference = tiny.model.encode_image(reference_pixels)
+    ours = tiny.embed_image(image)  # the un-quantised tensor, as a generator would hand it over
+    assert F.cosine_similarity(ours, reference).item() >= 0.999
+
+
+def test_antialiasing_is_what_makes_the_match(tiny, tmp_path):
+    """Without anti-aliasing, a 1024 -> 32 downscale would not match open_clip's PIL resize: the check can fail."""
+    image = _picture(1024, 1024) + 0.3 * torch.sign(torch.sin(torch.arange(1024.0) * 1.3)).view(1, 1, 1, -1)
+    image = image.clamp(-1, 1)
+    _save_png(image, tmp_path / "big.png")
+    transform = image_transform_v2(PreprocessCfg(**tiny._loaded.preprocess_cfg), is_train=False)
+    reference_pixels = transform(Image.open(tmp_path / "big.png")).unsqueeze(0)
+    ours = tiny.preprocess_images(image)
+    naive = OpenClipPreprocess.from_config(tiny._loaded.preprocess_cfg)
+    naive_pixels = (F.interpolate((image + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False) - torch.tensor(
+        naive.mean).view(1, 3, 1, 1)) / torch.tensor(naive.std).view(1, 3, 1, 1)
+    ours_error = (ours - reference_pixels).abs().mean()
+    naive_error = (naive_pixels - reference_pixels).abs().mean()
+    assert ours_error < 0.02
+    assert naive_error > 5 * ours_error
+
+
+def test_resize_geometry_follows_open_clip():
+    square = OpenClipPreprocess(size=(224, 224), mean=(0, 0, 0), std=(1, 1, 1))
+    assert square.resized_size(1024, 1024) == (224, 224)
+    assert square.resized_size(300, 500) == (224, 373)  # long side floored, as torchvision does
+    assert square.resized_size(500, 300) == (373, 224)
+    squash = OpenClipPreprocess(size=(224, 224), mean=(0, 0, 0), std=(1, 1, 1), resize_mode="squash")
+    assert squash.resized_size(300, 500) == (224, 224)
+    longest = OpenClipPreprocess(size=(224, 224), mean=(0, 0, 0), std=(1, 1, 1), resize_mode="longest", fill_color=0.5)
+    assert longest.resized_size(300, 500) == (134, 224)
+    padded = longest(torch.ones(1, 3, 300, 500))
+    assert padded.shape == (1, 3, 224, 224)
+    assert padded[0, 0, 0, 0].item() == pytest.approx(0.5)  # the padding colour
+    assert padded[0, 0, 112, 112].item() == pytest.approx(1.0)
+
+
+def test_clip2latent_double_normalisation_numbers():
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    pre = Clip2LatentPreprocess(size=(32, 32), mean=tuple(mean), std=tuple(std))
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 32)  # 64x64, averages to 0 over 2x2 boxes
+    for value, image in [(0.0, checker.expand(1, 3, 64, 64)), (0.9, torch.full((1, 3, 48, 48), 0.9)),
+                         (-0.9, torch.full((1, 3, 48, 48), -0.9))]:
+        out = pre(image)
+        assert out.shape == (1, 3, 32, 32)
+        for c in range(3):
+            once = min(max(((value + 1) / 2 - mean[c]) / std[c], 0.0), 1.0)
+            expected = (once - mean[c]) / std[c]
+            torch.testing.assert_close(out[0, c], torch.full((32, 32), expected), atol=1e-5, rtol=0)
+
+
+def test_clip2latent_mode_on_the_encoder(tiny_dir, tiny):
+    quirky = OpenClipEncoder(str(tiny_dir / "tiny.json"), preprocess="clip2latent-double-norm", presize=48, device="cpu")
+    assert quirky.identity()["preprocess"] == "clip2latent-double-norm" and quirky.identity()["presize"] == 48
+    images = _picture(96, 96).requires_grad_(True)
+    quirky.embed_image(images).sum().backward()
+    assert images.grad.abs().sum() > 0
+    # The squashed, doubly-normalised input is a different picture to the model than the standard one.
+    assert F.cosine_similarity(quirky.embed_image(images.detach()), tiny.embed_image(images.detach())).item() < 0.999
+    with pytest.raises(LatentmapError, match="presize only applies"):
+        OpenClipEncoder(str(tiny_dir / "tiny.json"), presize=256)
+
+
+# ---------------------------------------------------------------------------------- weights and specs
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tiny, tiny_dir) -> Path:
+    path = tiny_dir / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
+    return path
+
+
+def test_at_file_spec_loads_the_weights(tiny, tiny_dir, tiny_weights):
+    images = _picture(32, 32)
+    other_seed = OpenClipEncoder(str(tiny_dir / "tiny.json"), seed=1, device="cpu")
+    assert F.cosine_similarity(other_seed.embed_image(images), tiny.embed_image(images)).item() < 0.99
+    loaded = latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}@{tiny_weights}", seed=1, device="cpu")
+    torch.testing.assert_close(loaded.embed_image(images), tiny.embed_image(images))
+    torch.testing.assert_close(loaded.embed_text(PROMPTS), tiny.embed_text(PROMPTS))
+    identity = loaded.identity()
+    assert identity["weights"] == "file" and identity["weights_file"] == "tiny.safetensors"
+    assert identity["weights_sha256"] == sha256_file(tiny_weights)
+    assert identity["name"] == f"openclip:{tiny_dir / 'tiny.json'}@{tiny_weights}"
+
+
+def test_weights_option_and_pt_files(tiny, tiny_dir, tmp_path):
+    pt_file = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny.model.state_dict()}, pt_file)
+    loaded = OpenClipEncoder(str(tiny_dir / "tiny.json"), weights=str(pt_file), seed=3, device="cpu")
+    torch.testing.assert_close(loaded.embed_text(PROMPTS[:2]), tiny.embed_text(PROMPTS[:2]))
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_pickle_that_runs_code_is_refused(tiny_dir, tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.conv1.weight": _Payload(marker)}, evil)  # a real torch file whose unpickling runs os.mkdir
+    with pytest.raises(LatentmapError, match=r"cannot load weights .*evil\.pt.*never runs code from a checkpoint"):
+        OpenClipEncoder(f"{tiny_dir / 'tiny.json'}@{evil}")
+    assert not marker.exists()
+
+
+def test_wrong_weights_for_the_architecture(tiny_dir, tiny_weights, tmp_path):
+    bigger = dict(TINY_CONFIG, embed_dim=24)
+    (tmp_path / "bigger.json").write_text(json.dumps(bigger))
+    with pytest.raises(LatentmapError) as info:
+        OpenClipEncoder(f"{tmp_path / 'bigger.json'}@{tiny_weights}")
+    assert "tiny.safetensors" in str(info.value) and "bigger.json" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_files_name_the_path(tiny_dir, tmp_path):
+    with pytest.raises(LatentmapError, match=r"path='.*absent\.safetensors' does not exist"):
+        OpenClipEncoder("ViT-B-32@" + str(tmp_path / "absent.safetensors"))
+    with pytest.raises(LatentmapError, match=r"config .*nope\.json does not exist"):
+        OpenClipEncoder(str(tmp_path / "nope.json"))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(LatentmapError, match=r"broken\.json is not valid JSON"):
+        OpenClipEncoder(str(tmp_path / "broken.json"))
+    (tmp_path / "partial.json").write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(LatentmapError, match=r"partial\.json lacks key\(s\) vision_cfg, text_cfg"):
+        OpenClipEncoder(str(tmp_path / "partial.json"))
+
+
+def test_unknown_architecture_lists_close_matches():
+    with pytest.raises(LatentmapError) as info:
+        OpenClipEncoder("ViT-B-33/openai")
+    message = str(info.value)
+    assert "unknown open_clip architecture 'ViT-B-33'" in message and "ViT-B-32" in message
+    with pytest.raises(LatentmapError, match=r"no pretrained tag 'opnai' for ViT-B-32: did you mean openai"):
+        OpenClipEncoder("ViT-B-32/opnai")
+    with pytest.raises(LatentmapError, match=r"names no weights: use a pretrained tag \(openclip:ViT-B-32/openai"):
+        OpenClipEncoder("ViT-B-32")
+
+
+@pytest.mark.parametrize("var", ["LATENTMAP_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_and_absent_says_which_model_and_how(var, monkeypatch, tmp_path):
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(LatentmapError) as info:
+        latentmap.get_encoder("openclip:ViT-B-32/openai", cache_dir=str(tmp_path / "hf"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "ViT-B-32/openai" in message and "timm/vit_base_patch32_clip_224.openai" in message
+    assert "downloads are disabled" in message and str(tmp_path / "hf") in message
+    assert "openclip:ViT-B-32@/path/to/weights.safetensors" in message
+
+
+def test_tag_resolution_through_the_hub(monkeypatch, tmp_path):
+    """Tags map to open_clip's Hub files, safetensors first; offline means cache-only."""
+    import huggingface_hub
+
+    from latentmap_openclip.loading import pretrained_file
+
+    calls = []
+    cached = tmp_path / "open_clip_pytorch_model.bin"
+    cached.write_bytes(b"weights")
+
+    def fake_download(repo_id, filename, *, cache_dir=None, local_files_only=False):
+        calls.append((repo_id, filename, local_files_only))
+        if filename.endswith(".safetensors"):
+            raise FileNotFoundError("no safetensors copy")
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    cfg = open_clip.pretrained.get_pretrained_cfg("ViT-B-32", "openai")
+    assert pretrained_file("ViT-B-32", "openai", cfg) == cached
+    assert calls == [("timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors", False),
+                     ("timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin", False)]
+    monkeypatch.setenv("LATENTMAP_OFFLINE", "1")
+    calls.clear()
+    pretrained_file("ViT-B-32", "openai", cfg)
+    assert all(local_only for _, _, local_only in calls)
+
+
+def test_spec_parsing():
+    assert parse_spec(None).label == "ViT-B-32/openai"
+    spec = parse_spec("ViT-L-14/laion2b_s32b_b82k")
+    assert (spec.arch, spec.tag, spec.weights_path) == ("ViT-L-14", "laion2b_s32b_b82k", None)
+    spec = parse_spec("ViT-B-32@/w/model.safetensors")
+    assert (spec.arch, spec.tag, spec.weights_path) == ("ViT-B-32", None, Path("/w/model.safetensors"))
+    assert parse_spec("ViT-B-32", weights="/w/a.bin").weights_path == Path("/w/a.bin")
+    spec = parse_spec("/c/tiny.json@/w/tiny.pt")
+    assert (spec.config_path, spec.weights_path) == (Path("/c/tiny.json"), Path("/w/tiny.pt"))
+    assert parse_spec("hf-hub:timm/ViT-B-16-SigLIP").hf_hub == "timm/ViT-B-16-SigLIP"
+    with pytest.raises(LatentmapError, match="both a pretrained tag"):
+        parse_spec("ViT-B-32/openai@/w/x.pt")
+    with pytest.raises(LatentmapError, match="weights= option names"):
+        parse_spec("ViT-B-32@/w/x.pt", weights="/w/y.pt")
+    with pytest.raises(LatentmapError, match="no weights path after it"):
+        parse_spec("ViT-B-32@")
+
+
+def test_identity_of_a_random_model_records_config_and_seed(tiny):
+    identity = tiny.identity()
+    assert identity["weights"] == "random(seed=0)" and identity["config"] == TINY_CONFIG
+    assert "weights_sha256" not in identity
+    json.dumps(identity)  # JSON-ready for manifests and checkpoints
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_autocast_matches_cpu(tiny_dir, tiny):
+    gpu = OpenClipEncoder(str(tiny_dir / "tiny.json"), device="cuda")
+    images = torch.cat([_picture(256, 256, seed=s) for s in range(4)])
+    on_gpu = gpu.embed_image(images.cuda()).cpu()
+    assert on_gpu.dtype == torch.float32
+    assert F.cosine_similarity(on_gpu, tiny.embed_image(images)).min() > 0.99
+    assert F.cosine_similarity(gpu.embed_text(PROMPTS).cpu(), tiny.embed_text(PROMPTS)).min() > 0.99
