@@ -241,7 +241,7 @@ class Trainer:
             disable=not (s.progress and world.is_main),
         )
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        last_loss = math.nan
+        last_loss = last_logged = math.nan
         stream = self._batch_stream()
         try:
             while p.step < s.steps:
@@ -256,6 +256,7 @@ class Trainer:
                 if p.step % s.log_every == 0 or p.step == s.steps:
                     elapsed = time.perf_counter() - window_start
                     mean_loss = float(mean_across(world, torch.tensor(window_loss / window_steps, device=world.device)))
+                    last_logged = mean_loss
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     if self.metrics is not None:
                         self.metrics.log(p.step, {
@@ -265,15 +266,17 @@ class Trainer:
                             "ema_decay": self.ema.decay(),
                         })
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                pause_start = time.perf_counter()
                 if p.step % s.validate_every == 0 or p.step == s.steps:
                     self._validate(bar)
                 if p.step % s.checkpoint_every == 0 or p.step == s.steps:
                     self.save_checkpoint()
                     world.barrier()
+                window_start += time.perf_counter() - pause_start  # steps/s measures training only
         finally:
             bar.close()
         return TrainResult(
-            steps=p.step, final_loss=last_loss, best_score=p.best_score, best_step=p.best_step,
+            steps=p.step, final_loss=last_logged if math.isfinite(last_logged) else last_loss, best_score=p.best_score, best_step=p.best_step,
             out=self.out, validations=self.validations,
         )
 

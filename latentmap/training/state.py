@@ -80,7 +80,7 @@ def load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors raises its own error type for malformed files
         raise LatentmapError(f"cannot read training state {path}: {exc}") from None
     try:
         info = json.loads(metadata["state"])
