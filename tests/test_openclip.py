@@ -380,3 +380,35 @@ def test_gpu_autocast_matches_cpu(tiny_dir, tiny):
     assert on_gpu.dtype == torch.float32
     assert F.cosine_similarity(on_gpu, tiny.embed_image(images)).min() > 0.99
     assert F.cosine_similarity(gpu.embed_text(PROMPTS).cpu(), tiny.embed_text(PROMPTS)).min() > 0.99
+
+
+def test_builtin_architecture_with_a_local_file(monkeypatch, tiny, tiny_weights):
+    """The ARCH@file path goes through open_clip.create_model; a registered tiny config stands in for ViT-B-32."""
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "latentmap-test-tiny", json.loads(json.dumps(TINY_CONFIG)))
+    loaded = latentmap.get_encoder(f"openclip:latentmap-test-tiny@{tiny_weights}", device="cpu")
+    images = _picture(40, 40)
+    torch.testing.assert_close(loaded.embed_image(images), tiny.embed_image(images))
+    torch.testing.assert_close(loaded.embed_text(PROMPTS), tiny.embed_text(PROMPTS))
+    assert loaded.identity()["arch"] == "latentmap-test-tiny" and loaded.identity()["quick_gelu"] is False
+    quick = OpenClipEncoder(f"latentmap-test-tiny@{tiny_weights}", quick_gelu="true", device="cpu")
+    assert quick.identity()["quick_gelu"] is True
+    assert (quick.embed_image(images) - tiny.embed_image(images)).abs().max() > 1e-3  # another activation really ran
+
+
+def test_hf_hub_spec_uses_config_and_weights_from_the_cache(monkeypatch, tiny, tiny_dir, tiny_weights):
+    import huggingface_hub
+
+    files = {"open_clip_config.json": tiny_dir / "hub_config.json", "open_clip_model.safetensors": tiny_weights}
+    files["open_clip_config.json"].write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {"resize_mode": "squash"}}))
+    requested = []
+
+    def fake_download(repo_id, filename, *, cache_dir=None, local_files_only=False):
+        requested.append((repo_id, filename))
+        return str(files[filename])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    hub = latentmap.get_encoder("openclip:hf-hub:someone/tiny-clip", device="cpu")
+    assert requested == [("someone/tiny-clip", "open_clip_config.json"), ("someone/tiny-clip", "open_clip_model.safetensors")]
+    assert hub.preprocess_images.resize_mode == "squash"
+    torch.testing.assert_close(hub.embed_text(PROMPTS), tiny.embed_text(PROMPTS))
+    assert hub.identity()["weights"] == "hf-hub:someone/tiny-clip"
