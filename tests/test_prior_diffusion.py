@@ -1,0 +1,222 @@
+"""Behaviour of the diffusion prior: it learns, samplers follow their schedules, guidance is one pass, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import latentmap
+from latentmap.errors import LatentmapError
+from latentmap.prior import DiffusionPrior, PriorConfig
+from latentmap.prior import samplers as S
+from latentmap.prior.schedule import clip2latent_respace, make_schedule, respace, spaced_timesteps
+
+TINY = dict(latent_dim=8, tokens=2, cond_dim=6, dim=32, depth=2, heads=2, dim_head=16, timesteps=100)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny prior trained for 300 steps on latents that are a fixed linear function of the condition."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    mapping = torch.randn(6, 16)
+
+    def batch(n, g):
+        cond = torch.randn(n, 6, generator=g)
+        return (cond @ mapping).reshape(n, 2, 8) * 2 + 3, cond
+
+    prior = DiffusionPrior(**TINY)
+    g = torch.Generator().manual_seed(1)
+    latents, _ = batch(4096, g)
+    prior.set_latent_stats(latents.mean(0), latents.std(0))
+    opt = torch.optim.Adam(prior.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(300):
+        latents, cond = batch(64, g)
+        loss = prior.loss(latents, cond, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return prior.eval(), batch, losses
+
+
+def test_training_loss_goes_down(trained):
+    _, _, losses = trained
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.35 * first, (first, last)
+
+
+@pytest.mark.parametrize("options", [dict(steps=20), dict(steps=20, sampler="ddim"), dict(steps=10, guidance=2.0)])
+def test_samples_follow_the_condition(trained, options):
+    prior, batch, _ = trained
+    latents, cond = batch(256, torch.Generator().manual_seed(9))
+    samples = prior.sample(cond, generator=torch.Generator().manual_seed(2), **options)
+    assert samples.shape == (256, 2, 8)
+    matched = ((samples - latents) ** 2).mean()
+    shuffled = ((samples - latents[torch.randperm(256)]) ** 2).mean()
+    assert matched < 0.15 * shuffled, (matched.item(), shuffled.item())
+
+
+def test_sampling_is_deterministic_given_a_generator(trained):
+    prior, batch, _ = trained
+    _, cond = batch(8, torch.Generator().manual_seed(3))
+    a = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(5))
+    b = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(5))
+    c = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_guidance_is_one_batched_pass_equal_to_two_passes(trained):
+    prior, batch, _ = trained
+    _, cond = batch(5, torch.Generator().manual_seed(4))
+    x_t = torch.randn(5, 2, 8)
+    t = torch.tensor([0, 10, 50, 80, 99])
+    calls = []
+    handle = prior.net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        guided = prior.denoise(x_t, t, cond, guidance=2.5)
+        assert calls == [10], "conditional and null halves go through the network together"
+        calls.clear()
+        prior.sample(cond, steps=4, guidance=2.5, generator=torch.Generator().manual_seed(0))
+        assert calls == [10] * 4, "one network call per sampling step"
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        conditional = prior.net(x_t, t, cond, torch.ones(5, dtype=torch.bool))
+        null = prior.net(x_t, t, cond, torch.zeros(5, dtype=torch.bool))
+    assert (guided - (null + (conditional - null) * 2.5)).abs().max() < 1e-5
+
+
+def test_truncation_moves_toward_the_latent_mean(trained):
+    prior, batch, _ = trained
+    _, cond = batch(4, torch.Generator().manual_seed(3))
+    full = prior.sample(cond, steps=5, generator=torch.Generator().manual_seed(1))
+    half = prior.sample(cond, steps=5, truncation=0.5, generator=torch.Generator().manual_seed(1))
+    none = prior.sample(cond, steps=5, truncation=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(none, prior.latent_mean.expand_as(none), atol=1e-6)
+    assert torch.allclose(half, prior.latent_mean + 0.5 * (full - prior.latent_mean), atol=1e-5)
+
+
+# --------------------------------------------------------------- samplers against an exact denoiser
+DATA_VAR = 0.25
+
+
+def exact_gaussian_denoiser(schedule):
+    """E[x0 | x_t] for data ~ N(0, DATA_VAR): the ideal network for this toy distribution."""
+    alphas_cumprod = schedule.alphas_cumprod
+
+    def denoise(x, t):
+        a = alphas_cumprod[t].reshape(-1, 1, 1)
+        return a.sqrt() * DATA_VAR / (a * DATA_VAR + 1 - a) * x
+
+    return denoise
+
+
+def chain_variance(full, schedule):
+    """The output variance the ancestral chain over ``schedule`` must produce with the exact denoiser."""
+    var = torch.tensor(1.0, dtype=torch.float64)
+    for j in reversed(range(len(schedule))):
+        a = full.alphas_cumprod[schedule.timesteps[j]].double()
+        gain = a.sqrt() * DATA_VAR / (a * DATA_VAR + 1 - a)
+        slope = schedule.posterior_mean_coef1[j].double() * gain + schedule.posterior_mean_coef2[j].double()
+        noise_var = schedule.posterior_log_variance_clipped[j].double().exp() if j > 0 else 0.0
+        var = slope**2 * var + noise_var
+    return var.item()
+
+
+@pytest.mark.parametrize("steps", [4, 25, 1000])
+def test_respaced_ddpm_matches_its_own_chain(steps):
+    full = make_schedule("cosine", 1000)
+    schedule = respace(full, spaced_timesteps(1000, steps))
+    noise = S.RandomNoise(torch.Generator().manual_seed(0), "cpu")
+    out = S.ddpm(exact_gaussian_denoiser(full), noise((20000, 1, 1)), schedule, noise=noise)
+    expected = chain_variance(full, schedule)
+    assert abs(out.var().item() / expected - 1) < 0.04, (out.var().item(), expected)
+    # respacing keeps the original marginals: ᾱ at every visited step is the original one
+    assert torch.allclose(schedule.alphas_cumprod, full.alphas_cumprod[schedule.timesteps], rtol=1e-6)
+    if steps == 1000:
+        assert abs(out.var().item() / DATA_VAR - 1) < 0.04, "the full chain recovers the data distribution"
+
+
+def test_clip2latent_sampler_uses_single_step_noise():
+    """clip2latent's quirk: the respaced chain adds the noise of one original step, far too little."""
+    full = make_schedule("cosine", 1000)
+    proper = respace(full, torch.arange(0, 1000, 250))
+    quirky = clip2latent_respace(full, 250)
+    assert torch.equal(quirky.timesteps, proper.timesteps)
+    assert torch.allclose(quirky.posterior_mean_coef1, proper.posterior_mean_coef1, rtol=1e-4)
+    # from the second visited step on, the proper chain has much larger steps (t=0 and t=250 are tiny in both)
+    assert (quirky.posterior_log_variance_clipped[2:] < proper.posterior_log_variance_clipped[2:] - 2).all()
+    noise = S.RandomNoise(torch.Generator().manual_seed(0), "cpu")
+    out = S.clip2latent_compat(exact_gaussian_denoiser(full), noise((20000, 1, 1)), quirky, noise=noise)
+    assert abs(out.var().item() / chain_variance(full, quirky) - 1) < 0.04
+    assert out.var().item() < 0.5 * chain_variance(full, proper)
+
+
+def test_ddim_full_chain_recovers_data_variance():
+    full = make_schedule("cosine", 1000)
+    schedule = respace(full, spaced_timesteps(1000, 200))
+    noise = S.RandomNoise(torch.Generator().manual_seed(0), "cpu")
+    out = S.ddim(exact_gaussian_denoiser(full), noise((20000, 1, 1)), schedule, noise=noise, eta=0.0)
+    assert abs(out.var().item() / DATA_VAR - 1) < 0.05, out.var().item()
+
+
+def test_spaced_timesteps_and_linear_schedule():
+    assert spaced_timesteps(1000, 4).tolist() == [0, 333, 666, 999]
+    assert spaced_timesteps(100, 100).tolist() == list(range(100))
+    assert spaced_timesteps(100, 1).tolist() == [99]
+    betas = make_schedule("linear", 1000).betas
+    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+
+
+def test_noise_objective_recovers_x0_from_true_noise():
+    prior = DiffusionPrior(**TINY, objective="noise")
+    x0, eps = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    t = torch.tensor([0, 5, 50, 90])  # not 99: ᾱ ≈ 0 there, so x0 is not recoverable in float32
+    assert torch.allclose(prior.predict_x0(prior.q_sample(x0, t, eps), t, eps), x0, atol=1e-4)
+
+
+def test_condition_normalisation_ignores_scale():
+    torch.manual_seed(0)
+    prior = DiffusionPrior(**TINY, normalize_cond=True).eval()
+    cond, x_t = torch.randn(3, 6), torch.randn(3, 2, 8)
+    assert torch.allclose(prior.denoise(x_t, 7, cond), prior.denoise(x_t, 7, cond * 5.0), atol=1e-6)
+
+
+def test_registered_as_prior_diffusion():
+    prior = latentmap.get_prior("diffusion", **TINY)
+    assert isinstance(prior, DiffusionPrior)
+    assert prior.config_dict() == {**PriorConfig().__dict__, **TINY}
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_bad_input_errors_are_clear():
+    prior = DiffusionPrior(**TINY)
+    with pytest.raises(LatentmapError, match=r"condition has shape \(2, 5\).*\(B, 6\)"):
+        prior.sample(torch.randn(2, 5))
+    with pytest.raises(LatentmapError, match=r"latents of shape \(B, 2, 8\), got \(2, 16\)"):
+        prior.loss(torch.randn(2, 16), torch.randn(2, 6))
+    with pytest.raises(LatentmapError, match="steps must be an integer from 1 to the model's 100 timesteps, got 101"):
+        prior.sample(torch.randn(2, 6), steps=101)
+    with pytest.raises(LatentmapError, match="got 0"):
+        prior.sample(torch.randn(2, 6), steps=0)
+    with pytest.raises(LatentmapError, match="divide the model's 100 timesteps, got 7"):
+        prior.sample(torch.randn(2, 6), steps=7, sampler="clip2latent")
+    with pytest.raises(LatentmapError, match="unknown sampler 'euler'"):
+        prior.sample(torch.randn(2, 6), sampler="euler")
+    with pytest.raises(LatentmapError, match="unknown prior option 'width'"):
+        DiffusionPrior(width=3)
+    with pytest.raises(LatentmapError, match="schedule must be one of cosine, linear, got 'sigmoid'"):
+        DiffusionPrior(schedule="sigmoid")
+    with pytest.raises(LatentmapError, match=r"latent std has shape \(5,\)"):
+        prior.set_latent_stats(torch.zeros(16), torch.ones(5))
+    no_dropout = DiffusionPrior(**TINY, cond_drop_prob=0.0)
+    with pytest.raises(LatentmapError, match="guidance 2.0 needs a prior trained with condition dropout"):
+        no_dropout.sample(torch.randn(2, 6), steps=2, guidance=2.0)
