@@ -122,7 +122,7 @@ class OpenClipEncoder(Encoder):
         """Name, spec, weights (source, file name, SHA-256), preprocessing: what makes these embeddings these."""
         loaded = self._loaded
         identity: dict[str, Any] = {
-            "name": self.name,
+            **super().identity(),  # name and options as latentmap.get_encoder was called, so it can be rebuilt
             "family": "openclip",
             "spec": self.spec.text,
             "embed_dim": self.embed_dim,
