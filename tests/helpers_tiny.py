@@ -12,8 +12,10 @@ Use it in-process with ``ensure_registered()``, or in a subprocess with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -179,6 +181,17 @@ def register_encoders(register) -> None:
         description="tiny random image/text embedder for tests (tiny-test:DIM, default 16)",
         options={"weights_seed": "seed of the fixed random weights (default 0)"},
     )
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one CPU thread: tiny tensors on a shared machine are far faster without thread hand-offs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def ensure_registered() -> None:

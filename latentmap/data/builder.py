@@ -57,6 +57,7 @@ from latentmap.interfaces import Encoder, Generator
 LATENT_CHUNK = 1024
 # Complete shards waiting for the writer; bounds memory while compute runs ahead of the disk.
 MAX_PENDING_SHARDS = 2
+SETTINGS_CHECK_ORDER = ("space", "seed", "shard_size", "dtype", "generator", "encoder")
 
 
 @dataclass
@@ -178,6 +179,13 @@ class ShardWriter:
         self._raise_if_failed()
         return self.records
 
+    def close_quietly(self) -> None:
+        """``close`` for an error path: finish what was submitted, never raise."""
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001  (the caller is already raising)
+            pass
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
@@ -210,9 +218,11 @@ def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] |
     existing = read_manifest_json(out)
     if existing is None:
         return None
-    stored = {key: existing.get(key) for key in settings.to_dict()}
-    difference = settings_difference(stored, settings.to_dict())
-    if difference is not None:
+    wanted = settings.to_dict()
+    for name in SETTINGS_CHECK_ORDER:  # simple settings first: "seed=0, not 1" reads better than a checksum
+        difference = settings_difference({name: existing.get(name)}, {name: wanted[name]})
+        if difference is None:
+            continue
         key, old, new = difference
         raise LatentmapError(
             f"{out} holds a dataset built with {key}={old!r}, not {new!r}; "
@@ -275,6 +285,9 @@ def build_dataset(
         raise LatentmapError(f"--out {out} is a file, expected a folder")
     out.mkdir(parents=True, exist_ok=True)
     existing = _check_same_settings(out, settings)
+    if existing is None and any(out.iterdir()) and not any(out.glob("shard-*.safetensors")):
+        raise LatentmapError(f"--out {out} is not empty and holds no dataset; choose a new or empty folder")
+    dist.barrier()  # every rank has checked the folder before rank 0 changes it
     if dist.is_main:
         remove_stale_temporaries(out)
         if existing is None or existing.get("samples") != config.samples or not existing.get("complete"):
@@ -310,9 +323,12 @@ def build_dataset(
     try:
         for index in to_build:
             writer.submit(_compute_shard(generator, encoder, index, counts[index], config, dtype, bar))
-        new_records = writer.close()
+    except BaseException:
+        writer.close_quietly()  # Ctrl-C or a model error: still write the shards already computed
+        raise
     finally:
         bar.close()
+    new_records = writer.close()
     build_seconds = time.perf_counter() - build_started
     records.update({record.index: record for record in new_records})
 
