@@ -53,11 +53,18 @@ def get_space(name: str, *, layers: int, dim: int, **options: Any) -> LatentSpac
     return build("spaces", name, layers, dim, **options)
 
 
+# Where an object runs is not part of what it is: a checkpoint made on a GPU must load on a CPU.
+PLACEMENT_OPTIONS = frozenset({"device", "dtype"})
+
+
 def _remember(obj: Any, name: str, options: dict[str, Any]) -> None:
     """Record how an object was asked for, so identities and checkpoints can rebuild it."""
     try:
         obj.registry_name = name
-        obj.registry_options = {k: (str(v) if not isinstance(v, (int, float, bool, str, type(None))) else v)
-                                for k, v in options.items()}
+        obj.registry_options = {
+            k: (str(v) if not isinstance(v, (int, float, bool, str, type(None))) else v)
+            for k, v in options.items()
+            if k not in PLACEMENT_OPTIONS
+        }
     except AttributeError:
         pass
