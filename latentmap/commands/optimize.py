@@ -30,7 +30,7 @@ from latentmap.errors import LatentmapError
 @click.option("--init-noise", type=float, default=0.0, show_default=True, help="Noise std added to the start.")
 @click.option("--candidates", type=int, default=1, show_default=True, help="Latents optimised per prompt.")
 @click.option("--keep", type=int, default=1, show_default=True, help="Best kept per prompt.")
-@sampler_options
+@sampler_options(steps_flag="--prior-steps")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per forward/backward pass.")
 @click.option("--out", type=click.Path(file_okay=False), default="optimized", show_default=True, help="Output folder.")

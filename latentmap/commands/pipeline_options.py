@@ -41,18 +41,26 @@ def checkpoint_options(required: bool = True) -> Callable[[F], F]:
     return decorate
 
 
-def sampler_options(func: F) -> F:
-    """``--steps``, ``--sampler``, ``--guidance``, ``--truncation``, ``--eta`` (default: the checkpoint's recipe)."""
-    options = [
-        click.option("--steps", type=int, default=None, help="Denoising steps (respaced) [recipe, else 25]."),
-        click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None, help="Sampler [recipe, else ddim]."),
-        click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale [recipe, else 1.0]."),
-        click.option("--truncation", type=float, default=None, help="Truncation psi toward the mean latent [1.0]."),
-        click.option("--eta", type=float, default=None, help="DDIM eta (0: deterministic given the start noise)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def sampler_options(func: F | None = None, *, steps_flag: str = "--steps") -> Any:
+    """``--steps``, ``--sampler``, ``--guidance``, ``--truncation``, ``--eta`` (default: the checkpoint's recipe).
+
+    ``steps_flag`` renames the steps option where ``--steps`` means something else (optimize).
+    """
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option(steps_flag, "steps", type=int, default=None, help="Denoising steps (respaced) [recipe, else 25]."),
+            click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None,
+                         help="Sampler [recipe, else ddim]."),
+            click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale [recipe, else 1.0]."),
+            click.option("--truncation", type=float, default=None, help="Truncation psi toward the mean latent [1.0]."),
+            click.option("--eta", type=float, default=None, help="DDIM eta (0: deterministic given the start noise)."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate(func) if func is not None else decorate
 
 
 def build_pipeline(kwargs: dict[str, Any]) -> Pipeline:
