@@ -1,1 +1,33 @@
-"""latentmap_stylegan: StyleGAN2 and StyleGAN3 generators in plain PyTorch, loaded safely from NVIDIA's pickles."""
+"""latentmap_stylegan: StyleGAN2 and StyleGAN3 generators in plain PyTorch, loaded safely from NVIDIA's pickles.
+
+Registers the generators ``stylegan2`` and ``stylegan3`` (any network file, ``weights=``), the
+zoo entries ``stylegan2-ffhq`` and ``stylegan3-lhq``, and the ``convert-stylegan`` command. Torch
+and the networks are imported only when a generator is built or the command runs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from latentmap.hookspecs import hookimpl
+from latentmap_stylegan.zoo import GENERATOR_OPTIONS, ZOO, ZOO_OPTIONS, build_generator, build_zoo_generator
+
+
+@hookimpl
+def register_generators(register: Any) -> None:
+    register("stylegan2", partial(build_generator, "stylegan2", "stylegan2"),
+             description="any StyleGAN2 network (NVIDIA .pkl read safely, or converted .safetensors)",
+             options=GENERATOR_OPTIONS)
+    register("stylegan3", partial(build_generator, "stylegan3", "stylegan3"),
+             description="any StyleGAN3 (T or R) network (NVIDIA .pkl read safely, or converted .safetensors)",
+             options=GENERATOR_OPTIONS)
+    for name, entry in ZOO.items():
+        register(name, partial(build_zoo_generator, name), description=entry.description, options=ZOO_OPTIONS)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from latentmap_stylegan.convert_command import command
+
+    cli.add_command(command)
