@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,11 +42,20 @@ class TinyGenerator(Generator):
 
     name = "tiny-test"
 
-    def __init__(self, space: str = "w", dim: int = 8, resolution: int = 16, channels: int = 8, weights_seed: int = 0):
+    def __init__(
+        self,
+        space: str = "w",
+        dim: int = 8,
+        resolution: int = 16,
+        channels: int = 8,
+        weights_seed: int = 0,
+        delay: float = 0.0,
+    ):
         self.space = latentmap.get_space(space, layers=LAYERS, dim=int(dim))
         self.resolution = int(resolution)
         self.channels = int(channels)
         self.weights_seed = int(weights_seed)
+        self.delay = float(delay)  # seconds per synthesize call: makes builds slow enough to interrupt
         self.upsamplings = int(round(math.log2(self.resolution / 4)))
         if 4 * 2**self.upsamplings != self.resolution:
             raise latentmap.LatentmapError(f"tiny-test resolution must be 4 times a power of two, got {resolution}")
@@ -75,6 +85,8 @@ class TinyGenerator(Generator):
         return self.map(z.to(self._device)).mean(dim=0).expand(self.space.tokens, -1).clone()
 
     def synthesize_layers(self, per_layer: Tensor) -> Tensor:
+        if self.delay:
+            time.sleep(self.delay)
         p = self.params
         batch = per_layer.shape[0]
         x = p["const"].expand(batch, -1, -1, -1)
@@ -169,6 +181,7 @@ def register_generators(register) -> None:
             "resolution": "image size, 4 times a power of two (default 16)",
             "channels": "feature channels (default 8)",
             "weights_seed": "seed of the fixed random weights (default 0)",
+            "delay": "seconds to sleep per synthesize call (tests that interrupt a build)",
         },
     )
 
