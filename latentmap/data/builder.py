@@ -335,15 +335,17 @@ def build_dataset(
     dist.barrier()
     if dist.is_main:
         _finalise(out, generator, settings, config, counts, records, build_key, dist, time.perf_counter() - started)
-    dist.barrier()
+    built_shards, built_samples, reused_shards, seconds = dist.total(
+        [len(to_build), sum(counts[i] for i in to_build), len(mine) - len(to_build), build_seconds]
+    )
     return BuildSummary(
         out=out,
         samples=config.samples,
         shards=len(counts),
-        built_shards=len(to_build),
-        built_samples=sum(counts[i] for i in to_build),
-        reused_shards=len(mine) - len(to_build),
-        seconds=build_seconds,
+        built_shards=int(built_shards),
+        built_samples=int(built_samples),
+        reused_shards=int(reused_shards),
+        seconds=seconds / dist.world_size,  # the mean wall time of the ranks, which ran in parallel
         bytes_on_disk=sum((out / shard_file_name(i)).stat().st_size for i in range(len(counts))),
         world_size=dist.world_size,
         rebuilt=rebuilt,

@@ -57,5 +57,15 @@ class DistContext:
             dist.destroy_process_group()
             self.owns_group = False
 
+    def total(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks (for the end-of-build summary)."""
+        if self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        dist.all_reduce(tensor)
+        return tensor.cpu().tolist()
+
     def owns_shard(self, index: int) -> bool:
         return index % self.world_size == self.rank
