@@ -67,14 +67,16 @@ class MetricsLog:
             loss_ax.set_yscale("log")
         loss_ax.set_xlabel("step")
         loss_ax.set_title("loss")
-        loss_ax.legend(loc="upper right")
+        if loss_ax.get_legend_handles_labels()[0]:
+            loss_ax.legend(loc="upper right")
         for key, label in (("val/text_clip", "text prompts"), ("val/image_clip", "held-out images")):
             points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
             if points:
                 val_ax.plot(*zip(*points), "o-", label=label, markersize=3)
         val_ax.set_xlabel("step")
         val_ax.set_title("validation CLIP score (EMA)")
-        val_ax.legend(loc="lower right")
+        if val_ax.get_legend_handles_labels()[0]:
+            val_ax.legend(loc="lower right")
         figure.tight_layout()
         tmp = self.plot_path.with_name(".metrics.png.tmp")
         figure.savefig(tmp, dpi=100, format="png")

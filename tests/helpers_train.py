@@ -1,0 +1,75 @@
+"""A tiny real dataset (built by build-data from the ``tiny-test`` world) and a recipe sized for tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+PROMPTS = ["a red thing", "a blue thing", "a green square"]
+
+
+def build_tiny_dataset(root: Path, *, samples: int = 2048, space: str = "w3") -> Path:
+    """A dataset of ``samples`` (latent, embedding) pairs from the tiny generator and encoder."""
+    import helpers_tiny
+
+    import latentmap
+    from latentmap.data.builder import BuildConfig, build_dataset
+
+    helpers_tiny.ensure_registered()
+    generator = latentmap.get_generator("tiny-test", space=space)
+    encoder = latentmap.get_encoder("tiny-test")
+    build_dataset(generator, encoder, BuildConfig(out=root, samples=samples, batch_size=512, shard_size=512,
+                                                  dtype="float32", progress=False))
+    return root
+
+
+def tiny_recipe(folder: Path, data: Path, **sections: dict) -> Path:
+    """Write a recipe for a ~20k-parameter prior on ``data``; ``sections`` override values."""
+    (folder / "val.txt").write_text("\n".join(PROMPTS) + "\n")
+    recipe = {
+        "generator": {"name": "tiny-test", "space": "w3"},
+        "encoder": {"name": "tiny-test"},
+        "data": {"dir": str(data)},
+        "prior": {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16, "timesteps": 100},
+        "train": {"out": "run", "steps": 200, "batch_size": 64, "lr": 1.0e-3, "ema_beta": 0.99, "ema_every": 1,
+                  "log_every": 20, "checkpoint_every": 100, "tensorboard": False},
+        "validation": {"prompts": "val.txt", "samples_per_prompt": 2, "every": 100, "image_conditions": 32,
+                       "steps": 10},
+    }
+    for section, values in sections.items():
+        recipe.setdefault(section, {}).update(values)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a ``latentmap`` subprocess that sees the tiny plugin, on one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")])
+    env["LATENTMAP_PLUGIN_MODULES"] = "helpers_tiny"
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def latentmap_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "latentmap", *args]
+
+
+class one_thread:
+    """Run a block with one torch thread (as the subprocesses), restoring the count after."""
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.threads)
