@@ -134,10 +134,16 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def compare_identity(kind: str, recorded: dict[str, Any], rebuilt: dict[str, Any], *, source: str) -> list[str]:
-    """The keys present in both identities (except how they were asked for) whose values differ, as lines."""
+def compare_identity(
+    kind: str, recorded: dict[str, Any], rebuilt: dict[str, Any], *, source: str, overridden: frozenset[str] = frozenset()
+) -> list[str]:
+    """The keys present in both identities whose values differ, as lines.
+
+    Not compared: how the object was asked for (``options``) and the keys the user overrode on
+    purpose (``overridden``, e.g. ``truncation``).
+    """
     problems = []
-    for key in sorted(set(recorded) & set(rebuilt) - UNCOMPARED_KEYS):
+    for key in sorted(set(recorded) & set(rebuilt) - UNCOMPARED_KEYS - overridden):
         if _canonical(recorded[key]) != _canonical(rebuilt[key]):
             problems.append(
                 f"{kind} {key!r} differs from what {source} was trained with: "
@@ -183,8 +189,10 @@ def load_pipeline(
     if "space" in metadata:
         _adopt_space(generator, LatentSpace.from_dict(metadata["space"]), source)
 
-    problems = compare_identity("generator", gen_id, generator.identity(), source=source)
-    problems += compare_identity("encoder", enc_id, encoder.identity(), source=source)
+    problems = compare_identity("generator", gen_id, generator.identity(), source=source,
+                                overridden=frozenset(generator_options or {}))
+    problems += compare_identity("encoder", enc_id, encoder.identity(), source=source,
+                                 overridden=frozenset(encoder_options or {}))
     config = prior.config_dict()
     if config.get("cond_dim") not in (None, encoder.embed_dim):
         problems.append(f"prior of {source} expects {config['cond_dim']}-d conditions, encoder gives {encoder.embed_dim}")

@@ -78,3 +78,12 @@ def test_cli_identity_mismatch_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert "encoder 'embed_dim' differs" in result.output and "--no-check-identity" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_keys_the_user_overrode_are_not_compared():
+    from latentmap.pipeline import compare_identity
+
+    recorded = {"name": "g", "options": {"truncation": 1.0}, "truncation": 1.0, "weights_sha256": "aa"}
+    rebuilt = {"name": "g", "options": {"truncation": 0.7}, "truncation": 0.7, "weights_sha256": "bb"}
+    problems = compare_identity("generator", recorded, rebuilt, source="'c'", overridden=frozenset({"truncation"}))
+    assert problems == ["generator 'weights_sha256' differs from what 'c' was trained with: recorded 'aa', got 'bb'"]
