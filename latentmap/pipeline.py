@@ -96,13 +96,18 @@ class Pipeline:
             generator=rng,
         )
 
-    def render(self, latents: Tensor, *, batch_size: int = 16) -> Tensor:
-        """Images (N, 3, H, W) in [-1, 1] on the CPU for latents (N, tokens|layers, dim), in chunks."""
+    def render(self, latents: Tensor, *, batch_size: int = 16, to_cpu: bool = True) -> Tensor:
+        """Images (N, 3, H, W) in [-1, 1] for latents (N, tokens|layers, dim), in chunks.
+
+        On the CPU by default; ``to_cpu=False`` leaves them on the generator's device (re-ranking
+        scores them there and only moves the kept ones).
+        """
         chunks = []
         with torch.no_grad():
             for start in range(0, latents.shape[0], batch_size):
                 chunk = latents[start : start + batch_size].to(self.generator.device)
-                chunks.append(self.generator.synthesize(chunk).float().cpu())
+                images = self.generator.synthesize(chunk).float()
+                chunks.append(images.cpu() if to_cpu else images)
         return torch.cat(chunks)
 
 

@@ -124,7 +124,7 @@ def sample_from_conditions(
         flat = rearrange(per_layer[start:stop], "p c l d -> (p c) l d")
         rendered_chunks = []
         for chunk in flat.split(batch_size):
-            rendered_chunks.append(pipeline.render(chunk, batch_size=batch_size))
+            rendered_chunks.append(pipeline.render(chunk, batch_size=batch_size, to_cpu=False))
             bar.update(chunk.shape[0])
         rendered_all = torch.cat(rendered_chunks)
         group_targets = repeat(unit_targets[start:stop], "p d -> (p c) d", c=candidates)
@@ -135,7 +135,7 @@ def sample_from_conditions(
         kept.append(best)
         if keep_images:
             grouped = rearrange(rendered_all, "(p c) ch h w -> p c ch h w", c=candidates)
-            kept_images.append(torch.stack([grouped[i, best[i]] for i in range(stop - start)]))
+            kept_images.append(torch.stack([grouped[i, best[i].to(grouped.device)] for i in range(stop - start)]).cpu())
     bar.close()
     candidate_scores = torch.cat(scores)
     kept_idx = torch.cat(kept)
