@@ -121,3 +121,11 @@ def test_cli_guards_against_clobbering_and_resuming_nothing(trained, dataset: Pa
     done = runner.invoke(cli, ["train", str(recipe_path), "--resume", "--quiet"])  # already at 200 of 200
     assert done.exit_code == 0, done.output
     assert "trained 200 steps" in done.output
+
+
+def test_resume_refuses_a_changed_prior(trained) -> None:
+    recipe_path, _, _ = trained
+    changed = load_recipe(recipe_path, ["prior.depth=3", "train.steps=400"])
+    with pytest.raises(LatentmapError, match=r"state-000000200.safetensors: it was trained with prior.depth=2, "
+                                             r"the recipe now says 3"):
+        train(changed, resume=True, validation=False, progress=False)

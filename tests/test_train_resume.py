@@ -1,0 +1,82 @@
+"""Exact resume: a run killed with SIGKILL after a checkpoint, then ``--resume``d, ends with the same
+weights, EMA, optimiser moments and metrics as a run that was never interrupted (CPU, bit for bit)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_train import build_tiny_dataset, latentmap_command, one_thread, subprocess_env, tiny_recipe
+
+import helpers_tiny
+from latentmap.recipe import load_recipe
+from latentmap.train import train
+from latentmap.training.state import latest_state, load_state
+
+STEPS = 300
+SETTINGS = {"steps": STEPS, "checkpoint_every": 60, "log_every": 30, "batch_size": 96}
+
+
+def kill_after_first_state(command: list[str], states: Path, timeout: float = 240.0) -> int:
+    """Start ``command``, SIGKILL it as soon as a state file exists; returns that state's step."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while latest_state(states) is None:
+            if process.poll() is not None:
+                raise AssertionError(f"training exited early: {process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("no training state appeared in time")
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return int(load_state(latest_state(states))[1]["step"])
+
+
+@pytest.mark.slow
+def test_kill_nine_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    helpers_tiny.ensure_registered()
+    data = build_tiny_dataset(tmp_path / "data", samples=1536)  # 3 epochs in 300 steps: crosses epochs
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    recipe_a = tiny_recipe(tmp_path / "a", data, train=SETTINGS)
+    recipe_b = tiny_recipe(tmp_path / "b", data, train=SETTINGS)
+
+    with one_thread():  # same thread count as the subprocesses: same float summation order
+        reference = train(load_recipe(recipe_a), validation=False, progress=False)
+    assert reference.steps == STEPS
+
+    states = tmp_path / "b" / "run" / "states"
+    command = latentmap_command("train", str(recipe_b), "--no-validation", "--quiet")
+    killed_at = kill_after_first_state(command, states)
+    assert 0 < killed_at < STEPS
+    resumed = subprocess.run([*command, "--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    final_a, info_a = load_state(latest_state(tmp_path / "a" / "run" / "states"))
+    final_b, info_b = load_state(latest_state(states))
+    assert info_a["step"] == info_b["step"] == STEPS
+    assert (info_a["epoch"], info_a["batch"]) == (info_b["epoch"], info_b["batch"])
+    assert info_a["ema"] == info_b["ema"]
+    compared = [k for k in final_a if k.startswith(("model.", "ema.", "optim."))]
+    assert len(compared) > 50 and set(compared) == {k for k in final_b if k.startswith(("model.", "ema.", "optim."))}
+    for key in compared:
+        assert torch.equal(final_a[key], final_b[key]), key
+
+    def losses(folder: str) -> list[tuple[int, float]]:
+        lines = (tmp_path / folder / "run" / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+
+    assert losses("a") == losses("b")  # the killed run's extra lines were dropped on resume
+    assert len(losses("b")) == STEPS // SETTINGS["log_every"]
+
