@@ -1,1 +1,71 @@
-"""latentmap plugin (filled in by its issue)."""
+"""The shapes world: a small, complete world for latentmap whose every image's truth is known.
+
+- generator ``shapes``: 3 x 8 standard-normal latents -> 64x64 images of one soft-edged shape
+  (4 shapes, 8 colours, 3x3 positions, 2 sizes, 2 backgrounds), differentiable;
+- encoder ``shapes-clip``: a tiny CLIP (open_clip's classes) trained on that world, shipped as
+  safetensors, so text-to-image works with no download and no GPU.
+
+Also useful to evaluations: :func:`attribute_names`, :func:`decode_attributes` (latent -> truth),
+:func:`latents_with_attributes` (truth -> random latent), :func:`describe` (truth -> caption).
+See docs/shapes.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentmap.errors import LatentmapError
+from latentmap.hookspecs import hookimpl
+from latentmap_shapes.captions import describe, describe_batch
+from latentmap_shapes.layout import SPACE, decision_margins, decode_attributes, latents_with_attributes
+from latentmap_shapes.renderer import RENDERER_VERSION
+from latentmap_shapes.vocabulary import (
+    BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, attribute_names, class_index,
+)
+
+__all__ = [
+    "BACKGROUNDS", "COLOURS", "POSITIONS", "RENDERER_VERSION", "SHAPES", "SIZES", "SPACE", "VOCABULARY",
+    "attribute_names", "class_index", "decision_margins", "decode_attributes", "describe", "describe_batch",
+    "latents_with_attributes", "make_encoder", "make_generator",
+]
+
+
+def make_generator(resolution: int = 64, space: str | None = None) -> Any:
+    """The ``shapes`` generator; its only latent space is ``shapes`` (3 tokens x 8)."""
+    from latentmap_shapes.generator import ShapesGenerator
+
+    if space not in (None, "", SPACE.name):
+        raise LatentmapError(
+            f"generator 'shapes' has one latent space, {SPACE.name!r} (3 tokens x 8, one token per layer); "
+            f"got space={space!r}"
+        )
+    return ShapesGenerator(resolution=resolution)
+
+
+def make_encoder(spec: str = "", weights: str | None = None, device: str = "cpu") -> Any:
+    """The ``shapes-clip`` encoder; ``spec`` (after ``shapes-clip:``) or ``weights`` may name a retrained file."""
+    from latentmap_shapes.encoder import ShapesClipEncoder
+
+    return ShapesClipEncoder(weights or spec or None, device=device)
+
+
+@hookimpl
+def register_generators(register) -> None:
+    register(
+        "shapes",
+        make_generator,
+        description="procedural 64x64 shapes (4 shapes, 8 colours, 3x3 positions, 2 sizes, 2 backgrounds); "
+                    "ground truth known",
+        options={"resolution": "image size in pixels (default 64)", "space": "only 'shapes' (the default)"},
+    )
+
+
+@hookimpl
+def register_encoders(register) -> None:
+    register(
+        "shapes-clip",
+        make_encoder,
+        description="tiny CLIP trained on the shapes world (shipped, 64-d embeddings); "
+                    "'shapes-clip:PATH' loads retrained weights",
+        options={"weights": "a retrained shapes_clip.safetensors (JSON config next to it)", "device": "cpu or cuda"},
+    )
