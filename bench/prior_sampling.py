@@ -39,6 +39,18 @@ def median_time(fn, device: str, runs: int, warmup: int) -> float:
     return statistics.median(timed(fn, device) for _ in range(runs))
 
 
+def interleaved_medians(fn_a, fn_b, device: str, runs: int, warmup: int) -> tuple[float, float]:
+    """Median times of two functions timed alternately (A, B, A, B, ...) so load drift hits both alike."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(runs):
+        times_a.append(timed(fn_a, device))
+        times_b.append(timed(fn_b, device))
+    return statistics.median(times_a), statistics.median(times_b)
+
+
 def two_pass_denoise(prior: DiffusionPrior, x_t, t, cond, guidance: float):
     """The baseline: conditional and null passes as two separate network calls."""
     batch = x_t.shape[0]
@@ -54,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--steps", default="4,25,250,1000", help="step counts to report")
-    parser.add_argument("--runs", type=int, default=7, help="timed repetitions of a single step")
+    parser.add_argument("--runs", type=int, default=11, help="timed repetitions of a single step")
     parser.add_argument("--full-limit", type=float, default=60.0,
                         help="run a full sample only if it is predicted to take less than this many seconds")
     parser.add_argument("--train-batch", type=int, default=64)
@@ -78,8 +90,11 @@ def main() -> None:
         "parameters": sum(p.numel() for p in prior.parameters()),
     }
     with torch.no_grad():
-        batched_step = median_time(lambda: prior.denoise(x_t, t, cond, guidance=args.guidance), device, args.runs, 2)
-        two_pass_step = median_time(lambda: two_pass_denoise(prior, x_t, t, cond, args.guidance), device, args.runs, 2)
+        batched_step, two_pass_step = interleaved_medians(
+            lambda: prior.denoise(x_t, t, cond, guidance=args.guidance),
+            lambda: two_pass_denoise(prior, x_t, t, cond, args.guidance),
+            device, args.runs, 2,
+        )
     results["step_s"] = {"batched": batched_step, "two_pass": two_pass_step, "ratio": batched_step / two_pass_step}
 
     rows = []
