@@ -47,11 +47,15 @@ def rotary_frequencies(dim_head: int) -> Tensor:
     return 1.0 / (ROTARY_THETA ** (torch.arange(0, rotary_dim, 2)[: rotary_dim // 2].float() / rotary_dim))
 
 
-def apply_rotary(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate adjacent feature pairs of the first 2·len(freqs) features of x (…, n, d) by position·θ."""
+def apply_rotary(x: Tensor, freqs: Tensor, offset: int = 0) -> Tensor:
+    """Rotate adjacent feature pairs of the first 2·len(freqs) features of x (…, n, d) by position·θ.
+
+    Positions are ``offset … offset + n − 1``.
+    """
     n = x.shape[-2]
     rotary_dim = freqs.shape[0] * 2
-    angles = torch.arange(n, device=x.device, dtype=freqs.dtype)[:, None] * freqs[None, :]
+    positions = torch.arange(offset, offset + n, device=x.device, dtype=freqs.dtype)
+    angles = positions[:, None] * freqs[None, :]
     angles = repeat(angles, "n r -> n (r two)", two=2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
@@ -77,12 +81,18 @@ class Attention(nn.Module):
         # Persistent so an imported checkpoint keeps its stored (EMA-drifted) frequencies.
         self.register_buffer("rotary_freqs", rotary_frequencies(dim_head))
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        """x (B, n, dim); bias (B or 1, heads, n, n+1) additive logits, masks already folded in."""
+    def forward(self, x: Tensor, bias: Tensor, last: int | None = None) -> Tensor:
+        """x (B, n, dim); bias (B or 1, heads, n, n+1) additive logits, masks already folded in.
+
+        ``last=k`` computes the output only for the last k tokens (they still attend to all).
+        """
+        n = x.shape[1]
+        last = n if last is None else last
         h = self.norm(x)
-        q = rearrange(self.to_q(h), "b n (h d) -> b h n d", h=self.heads) * self.dim_head**-0.5
+        q = rearrange(self.to_q(h[:, n - last :]), "b n (h d) -> b h n d", h=self.heads) * self.dim_head**-0.5
         k, v = self.to_kv(h).chunk(2, dim=-1)
-        q = apply_rotary(q, self.rotary_freqs)
+        q = apply_rotary(q, self.rotary_freqs, offset=n - last)
+        bias = bias[:, :, n - last :]
         k = apply_rotary(k, self.rotary_freqs)
         null_k, null_v = (repeat(t, "d -> b 1 d", b=x.shape[0]) for t in self.null_kv.unbind(dim=0))
         k = torch.cat((null_k, k), dim=1)[:, None]
@@ -115,9 +125,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, dim_head)
         self.ff = FeedForward(dim, ff_mult)
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        x = self.attn(x, bias) + x
-        return self.ff(x) + x
+    def forward(self, x: Tensor, bias: Tensor, last: int | None = None) -> Tensor:
+        """The block's output for all tokens, or for the last ``last`` tokens only."""
+        rows = x if last is None else x[:, -last:]
+        rows = self.attn(x, bias, last) + rows
+        return self.ff(rows) + rows
 
 
 class PriorNetwork(nn.Module):
@@ -186,7 +198,8 @@ class PriorNetwork(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, keep: Tensor) -> Tensor:
         x = self.tokens_in(x_t, t, cond)
         bias = self.attention_bias(keep)
-        for layer in self.layers:
-            x = layer(x, bias)
+        # Only the learned queries are read out, so the last layer computes just their rows.
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bias, last=self.tokens if i == len(self.layers) - 1 else None)
         out = self.project_out(self.final_norm(x))
         return self.latent_out(out[:, -self.tokens :])
