@@ -198,3 +198,20 @@ def test_cli_edit_bad_input_one_line_each(pipeline, red_minus_blue, tmp_path):
                                  str(tmp_path / "d.safetensors")])
     assert result.exit_code == 2 and "no negative prompt given" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_direction_from_image_sets(pipeline, tmp_path):
+    from latentmap.images import save_png
+
+    for name, rgb in (("reds", (0.8, -0.8, -0.8)), ("blues", (-0.8, -0.8, 0.8))):
+        for i in range(2):
+            save_png(torch.tensor(rgb)[:, None, None].expand(3, 8, 8) * (1 - 0.1 * i), tmp_path / name / f"{i}.png")
+    out = tmp_path / "red-images.safetensors"
+    result = CliRunner().invoke(cli, ["directions", "--checkpoint", pipeline.checkpoint, "--positive-images",
+                                      str(tmp_path / "reds"), "--negative-images", str(tmp_path / "blues"),
+                                      "--samples", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    from_images = load_direction(out).vector.flatten()
+    from_text = discover_direction(pipeline, "red", "blue", samples=16, settings=SamplerSettings(steps=10)).vector
+    # both say "more red, less blue": they point the same way
+    assert torch.nn.functional.cosine_similarity(from_images, from_text.flatten(), dim=0) > 0.5

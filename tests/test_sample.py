@@ -143,3 +143,18 @@ def test_cli_sample_refuses_a_file_that_is_not_a_prior(tmp_path):
     assert "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["sample", "--checkpoint", str(tmp_path / "missing.safetensors"), "red"])
     assert result.exit_code == 2 and "missing.safetensors" in result.output
+
+
+def test_cli_image_prompt(pipeline, tmp_path):
+    from latentmap.images import save_png
+
+    save_png(torch.tensor([-0.8, 0.8, -0.8])[:, None, None].expand(3, 8, 8), tmp_path / "green.png")
+    out = tmp_path / "variations"
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", pipeline.checkpoint, "--image",
+                                      str(tmp_path / "green.png"), "--candidates", "4", "--keep", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    line = json.loads((out / "samples.jsonl").read_text())
+    assert line["image_prompt"] == "green.png" and line["prompt"] is None and line["score"] > 0.8
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", pipeline.checkpoint, "red", "--image",
+                                      str(tmp_path / "green.png")])
+    assert result.exit_code == 2 and "not both" in result.output
