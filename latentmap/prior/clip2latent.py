@@ -39,7 +39,8 @@ DEFAULT_ENCODER = "openclip:ViT-B-32/openai"
 # clip2latent's image embedder applied CLIP's mean/std normalisation twice (quirk 14).
 DOUBLE_NORM_PREPROCESS = "clip2latent-double-norm"
 
-_T = r"net\.causal_transformer\."
+TRANSFORMER = "net.causal_transformer."
+_T = re.escape(TRANSFORMER)
 # (DALLE2 key pattern, our key template); "zero" marks a LayerNorm bias buffer that must be zero.
 KEY_RULES: list[tuple[str, str]] = [
     (r"net\.learned_query", "net.learned_query"),
@@ -115,10 +116,10 @@ def infer_config(state: dict[str, Tensor], clip2latent_config: dict[str, Any] | 
     query = _find(state, "net.learned_query")
     tokens, dim = (1, query.shape[0]) if query.ndim == 1 else tuple(query.shape)
     timesteps = _find(state, "net.to_time_embeds.0.weight").shape[0]
-    null_kv = _find(state, _T.replace("\\", "") + "layers.0.0.null_kv")
+    null_kv = _find(state, TRANSFORMER + "layers.0.0.null_kv")
     dim_head = null_kv.shape[1]
-    heads = _find(state, _T.replace("\\", "") + "layers.0.0.to_q.weight").shape[0] // dim_head
-    ff_mult = _find(state, _T.replace("\\", "") + "layers.0.1.5.weight").shape[1] // dim
+    heads = _find(state, TRANSFORMER + "layers.0.0.to_q.weight").shape[0] // dim_head
+    ff_mult = _find(state, TRANSFORMER + "layers.0.1.5.weight").shape[1] // dim
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(_T + r"layers\.(\d+)\.", k))}
     diffusion = (clip2latent_config or {}).get("model", {}).get("diffusion", {})
     schedule = diffusion.get("beta_schedule") or _detect_schedule(_find(state, "betas"))
