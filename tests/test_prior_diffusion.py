@@ -220,3 +220,14 @@ def test_bad_input_errors_are_clear():
     no_dropout = DiffusionPrior(**TINY, cond_drop_prob=0.0)
     with pytest.raises(LatentmapError, match="guidance 2.0 needs a prior trained with condition dropout"):
         no_dropout.sample(torch.randn(2, 6), steps=2, guidance=2.0)
+
+
+@pytest.mark.parametrize(
+    "options,count",
+    [({}, 48_767_872), ({"depth": 6, "heads": 8}, 23_198_720), ({"tokens": 3}, 48_768_896)],
+)
+def test_parameter_counts_match_dalle2_pytorch(options, count):
+    """Paper/`mid`, clip2latent `small`, and the w3 network: exactly DALLE2-pytorch 0.2.38's counts."""
+    with torch.device("meta"):  # count without allocating 48M weights
+        prior = DiffusionPrior(**options)
+    assert sum(p.numel() for p in prior.parameters() if p.requires_grad) == count
