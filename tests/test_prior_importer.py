@@ -61,7 +61,8 @@ def test_cli_import_round_trip_keeps_ema_numbers(tmp_path, ckpt_state):
     assert not torch.equal(ema_betas, make_betas("cosine", 100).float()), "fixture EMA buffers carry drift"
     assert torch.equal(prior.latent_mean.reshape(-1), ckpt_state["ema_diffusion_prior.ema_model.latent_mean"])
     assert not torch.equal(prior.latent_mean, prior.latent_std), "mean and std stay separate (quirk 6)"
-    assert metadata["encoder"]["preprocess"] == DOUBLE_NORM_PREPROCESS
+    assert metadata["encoder"]["image_conditions_preprocess"] == DOUBLE_NORM_PREPROCESS
+    assert "preprocess" not in metadata["encoder"]  # text sampling rebuilds the default encoder
     assert metadata["encoder"]["conditions"] == "raw"
     assert metadata["encoder"]["name"] == "openclip:ViT-B-32/openai"
     assert metadata["generator"]["name"] == "stylegan2-ffhq"

@@ -266,7 +266,9 @@ def import_clip2latent(
             "name": encoder,
             "embed_dim": prior.config.cond_dim,
             "conditions": "raw",
-            "preprocess": DOUBLE_NORM_PREPROCESS,
+            # Text prompts need no special preprocessing; image prompts match clip2latent's training
+            # conditions only with --encoder-option preprocess=clip2latent-double-norm (docs/prior.md).
+            "image_conditions_preprocess": DOUBLE_NORM_PREPROCESS,
         },
         "generator": {"name": generator, "space": space.to_dict()},
         "space": space.to_dict(),
@@ -279,7 +281,7 @@ def import_clip2latent(
             "clip2latent_config": clip2latent_config,
             "notes": (
                 "conditions are raw (un-normalised) encoder embeddings; clip2latent's image conditions were "
-                "made from doubly CLIP-normalised pixels (encoder.preprocess); stored EMA buffers kept as is"
+                "made from doubly CLIP-normalised pixels (encoder.image_conditions_preprocess); stored EMA buffers kept as is"
             ),
         },
     }
