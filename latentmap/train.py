@@ -76,11 +76,11 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
     trainer = Trainer(
         prior=prior, ema=ema, optimizer=optimizer, batches=dataset.batches, world=world, settings=settings,
         out=out, metrics=None, validate=validate_fn, save_prior=save,
-        state_info={"prior": prior.config_dict(), "recipe": recipe.to_dict()},
+        state_info={"prior": prior.config_dict(), "recipe": recipe.to_dict(), "dataset": dataset_identity(manifest)},
     )
     if state_file is not None:
         tensors, info = load_state(state_file)
-        _check_compatible(info, prior, state_file)
+        _check_compatible(info, prior, dataset_identity(manifest), state_file)
         trainer.load_state(tensors, info)
         if world.is_main and progress:
             print(f"resuming from {state_file} (step {trainer.position.step})")
@@ -110,7 +110,21 @@ def _find_state(out: Path, resume: bool) -> Path | None:
     return found if resume else None
 
 
-def _check_compatible(info: dict[str, Any], prior: Prior, path: Path) -> None:
+def dataset_identity(manifest: Any) -> dict[str, Any]:
+    """What a training state remembers of its dataset (the data position means nothing elsewhere)."""
+    return {"samples": manifest.samples, "seed": manifest.seed, "shards": [s.get("sha256") for s in manifest.shards],
+            "generator": manifest.generator.get("name"), "encoder": manifest.encoder.get("name")}
+
+
+def _check_compatible(info: dict[str, Any], prior: Prior, dataset: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a state with a different prior or dataset (one line naming the difference)."""
+    stored_data = info.get("dataset", dataset)
+    for key in ("generator", "encoder", "samples", "seed", "shards"):
+        if stored_data.get(key) != dataset.get(key):
+            raise LatentmapError(
+                f"cannot resume from {path}: it was trained on a different dataset ({key} differs); "
+                "point data.dir at the original dataset or start a new train.out"
+            )
     stored = info.get("prior", {})
     current = prior.config_dict()
     for key in sorted(set(stored) | set(current)):

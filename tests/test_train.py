@@ -123,8 +123,13 @@ def test_cli_guards_against_clobbering_and_resuming_nothing(trained, dataset: Pa
     assert "trained 200 steps" in done.output
 
 
-def test_resume_refuses_a_changed_prior(trained) -> None:
+def test_resume_refuses_a_changed_prior_or_dataset(trained, tmp_path: Path) -> None:
     recipe_path, _, _ = trained
+    other = build_tiny_dataset(tmp_path / "other", samples=1024)
+    moved = load_recipe(recipe_path, [f"data.dir={other}", "train.steps=400"])
+    with pytest.raises(LatentmapError, match=r"state-000000200.safetensors: it was trained on a different dataset "
+                                             r"\(samples differs\)"):
+        train(moved, resume=True, validation=False, progress=False)
     changed = load_recipe(recipe_path, ["prior.depth=3", "train.steps=400"])
     with pytest.raises(LatentmapError, match=r"state-000000200.safetensors: it was trained with prior.depth=2, "
                                              r"the recipe now says 3"):
