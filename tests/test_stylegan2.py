@@ -127,3 +127,18 @@ def test_bfloat16_autocast_stays_close():
     ref = cases["img_ws_psi1"]
     rel = (img - ref).abs().max().item() / ref.abs().max().item()
     assert rel < 0.05, f"bfloat16 autocast drifted {rel:.3g} of the output range"
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_polyphase_upsampling_conv_equals_transposed_conv(groups):
+    from latentmap_stylegan.stylegan2 import conv_up
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16 * groups, 7, 9, generator=gen)
+    weight = torch.randn(8 * groups, 16, 3, 3, generator=gen)
+    polyphase = conv_up(x, weight, groups, polyphase=True)
+    transposed = conv_up(x, weight, groups, polyphase=False)
+    assert transposed.shape == (2, 8 * groups, 15, 19)
+    assert polyphase.shape == (2, 8 * groups, 16, 20)  # plus one all-zero row and column
+    assert polyphase[..., 15, :].abs().max() == 0 and polyphase[..., :, 19].abs().max() == 0
+    assert (polyphase[..., :15, :19] - transposed).abs().max() < 1e-4 * transposed.abs().max()

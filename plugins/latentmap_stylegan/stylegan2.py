@@ -61,13 +61,16 @@ def fir_1d(x: Tensor, taps: Tensor, dim: int, pad: tuple[int, int]) -> Tensor:
     """Convolve along ``dim`` (-1 or -2) with ``taps`` (true convolution), zero padding ``pad``."""
     channels = x.shape[1]
     k = taps.flip(0).to(dtype=x.dtype, device=x.device)
+    symmetric = pad[0] == pad[1]  # let the convolution pad (no extra copy of x)
     if dim == -1:
-        x = F.pad(x, [pad[0], pad[1], 0, 0])
+        if not symmetric:
+            x = F.pad(x, [pad[0], pad[1], 0, 0])
         weight = k.view(1, 1, 1, -1).expand(channels, 1, 1, k.numel())
-    else:
+        return F.conv2d(x, weight, groups=channels, padding=(0, pad[0]) if symmetric else 0)
+    if not symmetric:
         x = F.pad(x, [0, 0, pad[0], pad[1]])
-        weight = k.view(1, 1, -1, 1).expand(channels, 1, k.numel(), 1)
-    return F.conv2d(x, weight, groups=channels)
+    weight = k.view(1, 1, -1, 1).expand(channels, 1, k.numel(), 1)
+    return F.conv2d(x, weight, groups=channels, padding=(pad[0], 0) if symmetric else 0)
 
 
 def fir_2d(x: Tensor, f: Tensor, pad: int, gain: float) -> Tensor:
@@ -150,6 +153,50 @@ def modulation_coefficients(weight: Tensor, styles: Tensor, demodulate: bool) ->
     return (styles.square() @ w_sq.t() + 1e-8).rsqrt()
 
 
+# CPU kernels run convolutions with few channels at large sizes faster in channels-last layout,
+# and the stride-2 transposed convolution faster as four polyphase 2x2 convolutions (measured in
+# bench/stylegan_synthesis.py). Both give the same numbers up to float rounding.
+CPU_FAST_MAX_CHANNELS = 128
+
+
+def cpu_layout_hint(x: Tensor, in_ch: int) -> bool:
+    """True when ``x`` should go through the channels-last / polyphase variants (CPU, few channels)."""
+    return x.device.type == "cpu" and in_ch <= CPU_FAST_MAX_CHANNELS and x.shape[-1] >= 32
+
+
+def polyphase_up_weight(weight: Tensor) -> Tensor:
+    """(out, in, 3, 3) transposed-conv weight -> (out * 4, in, 2, 2): one 2x2 kernel per output phase.
+
+    A stride-2 transposed convolution with a 3-tap kernel ``w`` gives, along each axis, even outputs
+    ``y[2m] = x[m] w[0] + x[m-1] w[2]`` and odd outputs ``y[2m+1] = x[m] w[1]``: a 2-tap correlation
+    over the input padded by one, ``[w[2], w[0]]`` for even and ``[0, w[1]]`` for odd phases.
+    """
+    out_ch, in_ch, kh, kw = weight.shape
+    if (kh, kw) != (3, 3):
+        raise ValueError("polyphase upsampling supports 3x3 kernels")
+    taps = weight.new_zeros(2, 2, 3)  # (phase, kernel position, original tap) selection matrix
+    taps[0, 0, 2] = taps[0, 1, 0] = taps[1, 1, 1] = 1.0
+    k = torch.einsum("oiyx,pay,qbx->opqiab", weight, taps, taps)
+    return k.reshape(out_ch * 4, in_ch, 2, 2)
+
+
+def conv_up(x: Tensor, weight: Tensor, groups: int, polyphase: bool) -> Tensor:
+    """Stride-2 transposed conv, NVIDIA's orientation: (B, in, H, W) -> (B, out, 2H + 1, 2W + 1).
+
+    ``weight`` is (groups * out, in, 3, 3) in conv orientation. The polyphase variant returns the
+    same values plus one all-zero last row and column (2H + 2): callers that pad with zeros
+    afterwards can keep it and crop later, saving a copy.
+    """
+    out_total, in_per_group, kh, kw = weight.shape
+    h, w = x.shape[-2:]
+    if polyphase:
+        y = F.conv2d(F.pad(x, [1, 1, 1, 1]), polyphase_up_weight(weight), groups=groups)
+        return F.pixel_shuffle(y, 2)
+    out_per_group = out_total // groups
+    wt = weight.view(groups, out_per_group, in_per_group, kh, kw).transpose(1, 2)
+    return F.conv_transpose2d(x, wt.reshape(groups * in_per_group, out_per_group, kh, kw), stride=2, groups=groups)
+
+
 def modulated_conv2d(
     x: Tensor,
     weight: Tensor,
@@ -162,7 +209,7 @@ def modulated_conv2d(
     """Style-modulated (and optionally demodulated) convolution, NVIDIA's semantics.
 
     x (B, in, H, W), weight (out, in, k, k), styles (B, in). Same-size convolutions pad k // 2;
-    ``up=True`` is the stride-2 transposed convolution (no padding, output 2H + k - 2) whose result
+    ``up=True`` is the stride-2 transposed convolution (no padding, output 2H + 1) whose result
     still needs the FIR pass. The output is multiplied by ``out_gain``.
     """
     batch, in_ch = styles.shape
@@ -171,23 +218,25 @@ def modulated_conv2d(
     styles = styles.to(torch.float32)
     dcoefs = modulation_coefficients(weight, styles, demodulate)
     scale = dcoefs * out_gain if dcoefs is not None else torch.full((batch, out_ch), out_gain, device=x.device)
+    fast_cpu = cpu_layout_hint(x, in_ch)
+    if fast_cpu:
+        x = x.contiguous(memory_format=torch.channels_last)
 
-    if batch > 1 and not up:
+    if batch > 1:
         # One dense conv over the batch: scale inputs by the styles, outputs by the demod factors.
         xs = x * styles.to(x.dtype).view(batch, in_ch, 1, 1)
-        y = F.conv2d(xs, weight.to(x.dtype), padding=kh // 2)
+        w = weight.to(x.dtype)
+        y = conv_up(xs, w, 1, fast_cpu) if up else F.conv2d(xs, w, padding=kh // 2)
         scale = scale.to(y.dtype).view(batch, out_ch, 1, 1)
         return y * scale if needs_grad(y, scale) else y.mul_(scale)
 
-    # Per-sample weights as one grouped convolution (NVIDIA's "fused" path).
-    w = weight.unsqueeze(0) * styles.view(batch, 1, in_ch, 1, 1) * scale.view(batch, out_ch, 1, 1, 1)
-    xg = x.reshape(1, batch * in_ch, *x.shape[2:])
+    # Batch 1: fold style and demodulation into the weight (NVIDIA's "fused" path, groups = batch).
+    factors = scale.view(batch, out_ch, 1) * styles.view(batch, 1, in_ch)
+    w = (weight.unsqueeze(0) * factors.view(batch, out_ch, in_ch, 1, 1)).reshape(batch * out_ch, in_ch, kh, kw)
+    w = w.to(x.dtype)
     if up:
-        w = w.transpose(1, 2).reshape(batch * in_ch, out_ch, kh, kw)
-        y = F.conv_transpose2d(xg, w.to(x.dtype), stride=2, groups=batch)
-    else:
-        y = F.conv2d(xg, w.reshape(batch * out_ch, in_ch, kh, kw).to(x.dtype), padding=kh // 2, groups=batch)
-    return y.reshape(batch, out_ch, *y.shape[2:])
+        return conv_up(x, w, batch, fast_cpu)
+    return F.conv2d(x, w, padding=kh // 2, groups=batch)
 
 
 def needs_grad(*tensors: Tensor) -> bool:
@@ -195,16 +244,20 @@ def needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def bias_lrelu_clamp(x: Tensor, bias_map: Tensor, clamp: float | None, *, activation: bool = True) -> Tensor:
-    """x + bias_map; leaky-ReLU (0.2) if ``activation``; clamp to +-clamp. Gains are pre-folded.
+def bias_lrelu_clamp(x: Tensor, bias: Tensor, clamp: float | None, *, activation: bool = True,
+                     noise: Tensor | None = None) -> Tensor:
+    """x + noise + bias; leaky-ReLU (0.2) if ``activation``; clamp to +-clamp. Gains are pre-folded.
 
-    In place (no extra memory traffic) unless autograd is recording.
+    ``bias`` is (1, C, 1, 1), ``noise`` (B or 1, 1, H, W). In place (no extra memory traffic)
+    unless autograd is recording.
     """
-    if needs_grad(x, bias_map):
-        x = x + bias_map.to(x.dtype)
+    if needs_grad(x, bias, *(() if noise is None else (noise,))):
+        x = x + bias.to(x.dtype) if noise is None else x + noise.to(x.dtype) + bias.to(x.dtype)
         x = F.leaky_relu(x, LRELU_SLOPE) if activation else x
         return x.clamp(-clamp, clamp) if clamp is not None else x
-    x = x.add_(bias_map.to(x.dtype))
+    if noise is not None:
+        x = x.add_(noise.to(x.dtype))
+    x = x.add_(bias.to(x.dtype))
     if activation:
         x = F.leaky_relu_(x, LRELU_SLOPE)
     if clamp is not None:
@@ -268,15 +321,16 @@ class SynthesisLayer(nn.Module):
     ) -> Tensor:
         styles = self.affine(w.to(torch.float32))
         act_gain = SQRT2 * gain  # leaky-ReLU is positively homogeneous: fold the gain in first
+        size = x.shape[-1] * self.up
         x = modulated_conv2d(x, self.weight, styles, up=self.up == 2, out_gain=act_gain)
         if self.up == 2:
-            x = fir_2d(x, self.resample_filter, pad=1, gain=4.0)
-        bias_map = (self.bias.to(torch.float32) * act_gain).view(1, -1, 1, 1)
+            x = fir_2d(x, self.resample_filter, pad=1, gain=4.0)[..., :size, :size]
+        bias = (self.bias.to(torch.float32) * act_gain).view(1, -1, 1, 1)
         noise = self.noise(x.shape[0], noise_mode, x.device, noise_generator)
         if noise is not None:
-            bias_map = bias_map + noise * act_gain
+            noise = noise * act_gain
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_lrelu_clamp(x, bias_map, clamp)
+        return bias_lrelu_clamp(x, bias, clamp, noise=noise)
 
     def extra_repr(self) -> str:
         return f"in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}"
