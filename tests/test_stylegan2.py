@@ -1,7 +1,7 @@
 """StyleGAN2 parity with NVIDIA's own outputs (fixtures made by NVlabs/stylegan3 on the CPU).
 
 Measured when written (torch 2.15 CPU, 1 thread): mapping bit-identical (0 error); images at most
-1.6e-6 of the largest output value (sg2_tiny max |x| = 14.8, sg2_resnet64_clamp max |x| = 2 with
+2.1e-6 of the largest output value (sg2_tiny max |x| = 14.8, sg2_resnet64_clamp max |x| = 2 with
 clamping active). The bound asserted is 2e-5 of the largest value, the issue's tolerance; a wrong
 gain, padding or filter gives errors orders of magnitude larger.
 """
