@@ -128,10 +128,17 @@ class Direction:
         """Refuse (one line, naming which) a direction made for another generator or space, or of the wrong shape."""
         space = generator.space
         source = self.info.get("file", "direction")
-        if self.generator is not None and self.generator.get("name") != generator.name:
-            raise LatentmapError(
-                f"{source} was made for generator {self.generator.get('name')!r}, not {generator.name!r}"
-            )
+        if self.generator is not None:
+            current = generator.identity()
+            name = current.get("name", generator.name)
+            if self.generator.get("name") != name:
+                raise LatentmapError(f"{source} was made for generator {self.generator.get('name')!r}, not {name!r}")
+            for key in sorted(k for k in set(self.generator) & set(current) if "sha256" in k):
+                if self.generator[key] != current[key]:
+                    raise LatentmapError(
+                        f"{source} was made for other {name!r} weights ({key} {str(self.generator[key])[:12]}..., "
+                        f"these are {str(current[key])[:12]}...)"
+                    )
         if self.space is not None and LatentSpace.from_dict(self.space) != space:
             raise LatentmapError(
                 f"{source} was made for space {_describe_space(self.space)}, "

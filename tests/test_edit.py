@@ -215,3 +215,18 @@ def test_cli_direction_from_image_sets(pipeline, tmp_path):
     from_text = discover_direction(pipeline, "red", "blue", samples=16, settings=SamplerSettings(steps=10)).vector
     # both say "more red, less blue": they point the same way
     assert torch.nn.functional.cosine_similarity(from_images, from_text.flatten(), dim=0) > 0.5
+
+
+def test_direction_for_other_weights_of_the_same_generator_is_refused(pipeline, red_minus_blue):
+    identity = {**pipeline.generator.identity(), "weights_sha256": "0123456789abcdef"}
+    direction = Direction(vector=red_minus_blue.vector, generator=identity, space=red_minus_blue.space,
+                          info={"file": "smile.safetensors"})
+    # the colour world has no weights checksum: nothing to compare, accepted
+    direction.check(pipeline.generator)
+
+    class Weighted(type(pipeline.generator)):
+        def identity(self):
+            return {**super().identity(), "weights_sha256": "fedcba9876543210"}
+
+    with pytest.raises(LatentmapError, match=r"smile.safetensors was made for other 'colour-test' weights"):
+        direction.check(Weighted(space="w3"))
