@@ -142,3 +142,15 @@ def test_polyphase_upsampling_conv_equals_transposed_conv(groups):
     assert polyphase.shape == (2, 8 * groups, 16, 20)  # plus one all-zero row and column
     assert polyphase[..., 15, :].abs().max() == 0 and polyphase[..., :, 19].abs().max() == 0
     assert (polyphase[..., :15, :19] - transposed).abs().max() < 1e-4 * transposed.abs().max()
+
+
+def test_orig_architecture_has_torgb_only_in_the_last_block():
+    G = StyleGAN2Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs={"num_layers": 1}, channel_base=64, channel_max=8,
+                           architecture="orig").eval()
+    keys = set(G.state_dict())
+    assert "synthesis.b16.torgb.weight" in keys and "synthesis.b8.torgb.weight" not in keys
+    assert G.num_ws == 1 + 2 + 2 + 1  # b4 conv1, b8 and b16 conv0/conv1, the last ToRGB
+    with torch.no_grad():
+        img = G(torch.randn(2, 8, generator=torch.Generator().manual_seed(0)))
+    assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
