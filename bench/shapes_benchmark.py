@@ -330,7 +330,10 @@ def main() -> None:
 
     results = load_results(args.results)
     results["machine"] = machine()
-    results["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    results.setdefault("commands", [])
+    if command not in results["commands"]:
+        results["commands"].append(command)
     results["config"] = {"samples": args.samples, "train_steps": args.train_steps, "candidates": args.candidates,
                          "encoder": args.encoder or "shapes-clip", "seed": args.seed,
                          "prompts": len(prompt_cases(GROUPS)[:: args.stride]), "optimise_lr": args.optimise_lr,
@@ -345,6 +348,8 @@ def main() -> None:
             print(f"--- training the prior for alpha={alpha:g}", flush=True)
             train_prior(args, alpha)
     if args.stage in ("eval", "all"):
+        manifest = json.loads((args.cache / "data" / "manifest.json").read_text())
+        results["dataset"] = {"samples": manifest.get("samples"), "encoder": manifest.get("encoder")}
         for alpha in args.alphas:
             summary = prior_dir(args, alpha) / "bench-summary.json"
             if summary.is_file():

@@ -136,7 +136,8 @@ def section(results: dict[str, Any], notes: str) -> str:
     parts = [
         HEADING,
         "",
-        f"Command: `{results['command']}` then `python bench/shapes_report.py`.",
+        "Commands: " + ", then ".join(f"`{command}`" for command in results["commands"])
+        + ", then `python bench/shapes_report.py`.",
         f"Machine: {results['machine']}. Encoder: `{c['encoder']}`. Dataset: {c['samples']:,} samples; "
         f"one prior per alpha, {c['train_steps']} steps each; {c['prompts']} prompts x {c['candidates']} samples "
         "(seconds per prompt: median over prompts run one at a time).",

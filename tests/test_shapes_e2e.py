@@ -1,0 +1,91 @@
+"""The README's main job, end to end at a reduced size: `latentmap run recipes/shapes.yaml` works and the method works.
+
+One ``latentmap run`` of the shipped shapes recipe (its generator, its shipped tiny CLIP, its prior
+architecture at half width and depth, few samples and steps) builds the dataset, trains a prior and
+writes sample images with scores; then text prompts through the trained checkpoint must produce the
+colour and shape they name far more often than chance (1/32), because the shapes world knows the
+truth of every image it renders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "shapes.yaml"
+CHANCE = 1 / 32  # 8 colours x 4 shapes, uniform for random latents
+
+# A reduced run (~40 s of the ~60 s this file takes on 2 shared cores): half-width prior, 3k samples, 400 steps.
+SIZE = [
+    "data.samples=3000", "data.shard_size=1500", "data.batch_size=500",
+    "prior.dim=64", "prior.depth=2", "prior.heads=4", "prior.dim_head=16",
+    "train.steps=400", "train.batch_size=128", "train.lr=1.0e-3", "train.ema_beta=0.99",
+    "train.log_every=50", "train.checkpoint_every=200", "train.device=cpu", "train.tensorboard=false",
+    "validation.every=200", "validation.image_conditions=32", "validation.samples_per_prompt=2",
+    "validation.steps=10",
+    "sample.prompts=[a red circle, a blue square in the top left]", "sample.candidates=8", "sample.keep=2",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory) -> Path:
+    """One reduced ``latentmap run recipes/shapes.yaml``; returns its train.out folder."""
+    from latentmap.cli import cli
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("shapes-run")
+    overrides = [*SIZE, f"data.dir={root / 'data'}", f"train.out={root / 'run'}"]
+    argv = ["run", str(RECIPE), "--quiet", *sum((["--set", value] for value in overrides), [])]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_run_writes_dataset_checkpoints_and_scored_samples(shapes_run: Path) -> None:
+    manifest = json.loads((shapes_run.parent / "data" / "manifest.json").read_text())
+    assert manifest["samples"] == 3000 and len(manifest["shards"]) == 2
+    assert (shapes_run / "best.safetensors").is_file() and (shapes_run / "last.safetensors").is_file()
+    lines = [json.loads(line) for line in (shapes_run / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert [(line["prompt"], line["rank"]) for line in lines] == [
+        ("a red circle", 0), ("a red circle", 1),
+        ("a blue square in the top left", 0), ("a blue square in the top left", 1),
+    ]
+    for line in lines:
+        assert (shapes_run / "samples" / line["image"]).is_file()
+        assert -1.0 <= line["score"] <= 1.0
+    # the kept images are the best candidates: rank 0 scores at least as high as rank 1
+    assert lines[0]["score"] >= lines[1]["score"] and lines[2]["score"] >= lines[3]["score"]
+
+
+def test_text_prompts_get_their_colour_and_shape_far_above_chance(shapes_run: Path) -> None:
+    from latentmap_shapes import COLOURS, SHAPES, decode_attributes
+
+    from latentmap.pipeline import SamplerSettings, load_pipeline
+    from latentmap.sample import sample
+
+    pipeline = load_pipeline(shapes_run / "best.safetensors", device="cpu")
+    pairs = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
+    prompts = [f"a {COLOURS[c]} {SHAPES[s]}" for c, s in pairs]
+    candidates = 8
+    result = sample(pipeline, prompts, candidates=candidates, keep=candidates, keep_images=False, progress=False,
+                    settings=SamplerSettings(steps=25, sampler="ddim", guidance=1.0), seed=0)
+    truth_colour = torch.tensor([c for c, _ in pairs])[:, None]
+    truth_shape = torch.tensor([s for _, s in pairs])[:, None]
+    decoded = decode_attributes(result.per_layer.reshape(-1, 3, 8))
+    colour = decoded["colour"].reshape(len(pairs), candidates)
+    shape = decoded["shape"].reshape(len(pairs), candidates)
+    hits = (colour == truth_colour) & (shape == truth_shape)
+    accuracy = float(hits.float().mean())
+    colour_accuracy = float((colour == truth_colour).float().mean())
+    # MEASURED on the dev machine (2 shared cores, ~60 s for this file) with a 150-step shapes-clip
+    # whose zero-shot shape accuracy is only 30%: colour+shape 0.32 (10x chance), colour 0.98, shape 0.32.
+    # The encoder's shape recognition bounds colour+shape; a better shipped encoder only raises it.
+    assert accuracy > 4 * CHANCE, f"colour+shape accuracy {accuracy:.3f} is not far above chance {CHANCE:.3f}"
+    assert colour_accuracy > 0.6, f"colour accuracy {colour_accuracy:.3f} (chance 0.125)"
