@@ -24,6 +24,7 @@ Two implementations compute the same thing:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -100,26 +101,48 @@ def _window_span(x: Tensor, dim: int, first: int, length: int) -> Tensor:
     return x
 
 
-def resample_1d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1, pad_before: int = 0, out_len: int, dim: int = -1, block: int = 16) -> Tensor:
-    """Zero-insert by ``up``, pad by ``pad_before``, convolve with ``f``, decimate by ``down`` along ``dim``.
+@dataclass(frozen=True)
+class Resampler1d:
+    """A prepared 1-D resampling pass: zero-insert, pad, convolve, decimate along ``dim`` (-1 or -2).
 
-    Runs as one batched matrix product of sliding input windows with ``block_operator``'s matrix.
-    ``dim`` is -1 (rows of the image: windows @ matrix) or -2 (columns: matrix^T @ windows, so that
-    no transpose of the image is needed). ``f`` carries its gain.
+    Runs as one batched matrix product of sliding input windows with ``block_operator``'s matrix:
+    ``windows @ matrix`` along rows (dim -1), ``matrix^T @ windows`` along columns (dim -2) so that
+    the image is never transposed. Built once per ``filtered_lrelu`` call, applied to every group.
     """
-    block = max(up, (block // up) * up)
-    matrix, first, step = block_operator(f.to(x.dtype), up, down, pad_before, block)
-    n_blocks = -(-out_len // block)
-    x = _window_span(x, dim, first, (n_blocks - 1) * step + matrix.shape[0])
-    if dim == -1:
-        # An explicit copy of the overlapping windows, then one plain GEMM, beats matmul on the view.
-        out = (x.unfold(-1, matrix.shape[0], step).contiguous() @ matrix).flatten(-2)
-        return out[..., :out_len]
-    if dim != -2:
-        raise ValueError("resample_1d works along dim -1 or -2")
-    windows = x.unfold(-2, matrix.shape[0], step).transpose(-1, -2).contiguous()  # (..., n_blocks, n_in, W)
-    out = torch.matmul(matrix.t(), windows).flatten(-3, -2)  # (..., n_blocks * block, W)
-    return out[..., :out_len, :]
+
+    matrix: Tensor
+    first: int
+    step: int
+    block: int
+    out_len: int
+    dim: int
+
+    @classmethod
+    def build(cls, f: Tensor, *, up: int = 1, down: int = 1, pad_before: int = 0, out_len: int, dim: int = -1, block: int = 16) -> "Resampler1d":
+        """``f`` carries its gain; ``block`` outputs share one window (rounded to a multiple of ``up``)."""
+        if dim not in (-1, -2):
+            raise ValueError("Resampler1d works along dim -1 or -2")
+        block = max(up, (block // up) * up)
+        matrix, first, step = block_operator(f, up, down, pad_before, block)
+        return cls(matrix, first, step, block, out_len, dim)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n_in = self.matrix.shape[0]
+        n_blocks = -(-self.out_len // self.block)
+        x = _window_span(x, self.dim, self.first, (n_blocks - 1) * self.step + n_in)
+        matrix = self.matrix.to(x.dtype)
+        if self.dim == -1:
+            # An explicit copy of the overlapping windows, then one plain GEMM, beats matmul on the view.
+            out = (x.unfold(-1, n_in, self.step).contiguous() @ matrix).flatten(-2)
+            return out[..., : self.out_len]
+        windows = x.unfold(-2, n_in, self.step).transpose(-1, -2).contiguous()  # (..., n_blocks, n_in, W)
+        out = torch.matmul(matrix.t(), windows).flatten(-3, -2)  # (..., n_blocks * block, W)
+        return out[..., : self.out_len, :]
+
+
+def resample_1d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1, pad_before: int = 0, out_len: int, dim: int = -1, block: int = 16) -> Tensor:
+    """One-off ``Resampler1d``: zero-insert by ``up``, pad, convolve with ``f``, decimate by ``down``."""
+    return Resampler1d.build(f.to(x.dtype), up=up, down=down, pad_before=pad_before, out_len=out_len, dim=dim, block=block)(x)
 
 
 CHUNK_ELEMENTS = 2**19
@@ -148,52 +171,47 @@ def filtered_lrelu(
     if up_filter is not None and up_filter.ndim != 1:
         raise ValueError("filtered_lrelu: the fast path needs a separable (1-D) up filter")
     batch, channels, height, width = x.shape
-    upsampled = batch * channels * (height * up + padding[2] + padding[3]) * (width * up + padding[0] + padding[1])
-    group = max(1, channels * CHUNK_ELEMENTS // max(upsampled, 1))
-    kwargs = dict(up=up, down=down, padding=padding, gain=gain, slope=slope, clamp=clamp)
-    if group >= channels:
-        return _filtered_lrelu_group(x, up_filter, down_filter, bias, **kwargs)
-    biases = [None] * len(range(0, channels, group)) if bias is None else bias.split(group)
-    parts = [_filtered_lrelu_group(xs, up_filter, down_filter, bs, **kwargs) for xs, bs in zip(x.split(group, dim=1), biases)]
-    return torch.cat(parts, dim=1)
-
-
-def _filtered_lrelu_group(
-    x: Tensor,
-    up_filter: Tensor | None,
-    down_filter: Tensor | None,
-    bias: Tensor | None,
-    *,
-    up: int,
-    down: int,
-    padding: Padding4,
-    gain: float,
-    slope: float,
-    clamp: float | None,
-) -> Tensor:
-    """``filtered_lrelu`` on one group of channels (see ``filtered_lrelu``)."""
-    if bias is not None:
-        x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
     x0, x1, y0, y1 = padding
-    if up_filter is None:
-        x = upfirdn2d(x, None, up=up, padding=padding, gain=up**2) * gain
-    else:
+    up_passes: list[Resampler1d] = []
+    up_h, up_w = height * up + y0 + y1, width * up + x0 + x1
+    if up_filter is not None:
         # gain up**2 split over the two passes; the activation gain (> 0) commutes with leaky ReLU.
-        f = up_filter.to(x.dtype) * up
-        taps = f.shape[0]
-        out_w = x.shape[-1] * up + x0 + x1 - taps + 1
-        out_h = x.shape[-2] * up + y0 + y1 - taps + 1
-        x = resample_1d(x, f, up=up, pad_before=x0, out_len=out_w, dim=-1)  # rows first: the smaller map
-        x = resample_1d(x, f * gain, up=up, pad_before=y0, out_len=out_h, dim=-2)
-    x = _activate(x, slope, 1.0, clamp, inplace=not (torch.is_grad_enabled() and x.requires_grad))
-    if down_filter is None:
-        return x[:, :, ::down, ::down]
-    fd = down_filter.to(x.dtype)
-    if fd.ndim == 2:
-        b, c, h, w = x.shape
-        kernel = fd.flip([0, 1])[None, None]
-        x = F.conv2d(x.reshape(b * c, 1, h, w), kernel, stride=down)
-        return x.reshape(b, c, x.shape[-2], x.shape[-1])
-    taps = fd.shape[0]
-    x = resample_1d(x, fd, down=down, out_len=(x.shape[-2] - taps) // down + 1, dim=-2)  # columns first: halves the map
-    return resample_1d(x, fd, down=down, out_len=(x.shape[-1] - taps) // down + 1, dim=-1)
+        f = up_filter.to(x.device, torch.float32) * up
+        up_h, up_w = up_h - f.shape[0] + 1, up_w - f.shape[0] + 1
+        up_passes = [
+            Resampler1d.build(f, up=up, pad_before=x0, out_len=up_w, dim=-1),  # rows first: the smaller map
+            Resampler1d.build(f * gain, up=up, pad_before=y0, out_len=up_h, dim=-2),
+        ]
+    down_passes: list[Resampler1d] = []
+    if down_filter is not None and down_filter.ndim == 1:
+        fd = down_filter.to(x.device, torch.float32)
+        taps = fd.shape[0]
+        down_passes = [
+            Resampler1d.build(fd, down=down, out_len=(up_h - taps) // down + 1, dim=-2),  # columns first: halves the map
+            Resampler1d.build(fd, down=down, out_len=(up_w - taps) // down + 1, dim=-1),
+        ]
+
+    def one_group(xs: Tensor, bs: Tensor | None) -> Tensor:
+        if bs is not None:
+            xs = xs + bs.to(xs.dtype).reshape(1, -1, 1, 1)
+        if up_filter is None:
+            xs = upfirdn2d(xs, None, up=up, padding=padding, gain=up**2) * gain
+        for resample in up_passes:
+            xs = resample(xs)
+        xs = _activate(xs, slope, 1.0, clamp, inplace=not (torch.is_grad_enabled() and xs.requires_grad))
+        if down_filter is None:
+            return xs[:, :, ::down, ::down]
+        if down_filter.ndim == 2:
+            b, c, h, w = xs.shape
+            kernel = down_filter.to(xs.dtype).flip([0, 1])[None, None]
+            xs = F.conv2d(xs.reshape(b * c, 1, h, w), kernel, stride=down)
+            return xs.reshape(b, c, xs.shape[-2], xs.shape[-1])
+        for resample in down_passes:
+            xs = resample(xs)
+        return xs
+
+    group = max(1, CHUNK_ELEMENTS // max(batch * up_h * up_w, 1))
+    if group >= channels:
+        return one_group(x, bias)
+    biases = [None] * len(range(0, channels, group)) if bias is None else bias.split(group)
+    return torch.cat([one_group(xs, bs) for xs, bs in zip(x.split(group, dim=1), biases)], dim=1)
