@@ -12,13 +12,12 @@ Two implementations compute the same thing:
 
 * ``filtered_lrelu_reference`` follows the recipe literally with ``ops.upfirdn2d`` (zero-filled
   upsampled maps, depthwise convolutions). It is the readable definition and the benchmark baseline.
-* ``filtered_lrelu`` is the fast path. Separable filters run as 1-D passes along each axis, each pass
-  a small matrix product over sliding windows. The upsampling pass is polyphase: output phase ``r``
-  of every input sample only needs the taps ``f[r::up]``, so the inserted zeros are never stored
-  or multiplied. The downsampling pass only computes the samples it keeps. Each pass is a batched
-  matrix product of sliding windows with a small banded matrix (``block_operator``). Channels go
-  through in cache-sized groups. Non-separable (radial) down filters use one strided
-  single-channel convolution.
+* ``filtered_lrelu`` is the fast path. Separable filters run as 1-D passes along each axis; each
+  pass is a batched product of sliding input windows with a small banded matrix
+  (``block_operator``). The upsampling passes are polyphase: the inserted zeros never enter the
+  matrix, so they are never stored or multiplied. The downsampling passes only compute the samples
+  they keep. Channels go through in cache-sized groups. Non-separable (radial) down filters use one
+  strided single-channel convolution.
 """
 
 from __future__ import annotations
