@@ -196,6 +196,22 @@ def test_fast_filtered_lrelu_equals_reference(up, down, taps_up, taps_down, padd
     assert_close_rel(actual, expected, "filtered_lrelu", 2e-6)
 
 
+def test_channel_groups_give_the_same_result(monkeypatch):
+    """Cache-sized channel groups (each with its slice of the bias) change nothing but speed."""
+    import latentmap_stylegan.sg3_resample as resample
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 20, 20, generator=gen)
+    bias = torch.randn(7, generator=gen)
+    fu = design_lowpass_filter(12, 4.0, 8.0, 32.0)
+    kwargs = dict(up=2, down=2, padding=(9, 8, 9, 8), clamp=0.7)
+    whole = filtered_lrelu(x, fu, fu, bias, **kwargs)
+    monkeypatch.setattr(resample, "CHUNK_ELEMENTS", 2 * 2 * 46 * 46)  # upsampled maps are 46 px: groups 2, 2, 2, 1
+    grouped = filtered_lrelu(x, fu, fu, bias, **kwargs)
+    torch.testing.assert_close(grouped, whole, rtol=0, atol=0)
+    assert_close_rel(grouped, filtered_lrelu_reference(x, fu, fu, bias, **kwargs), "grouped vs reference", 2e-6)
+
+
 def test_torgb_filtered_lrelu_is_bias_and_clamp():
     x = torch.randn(1, 3, 8, 8) * 4
     bias = torch.tensor([0.5, -1.0, 0.0])
