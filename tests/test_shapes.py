@@ -158,24 +158,34 @@ def test_gradients_flow_from_image_to_every_attribute(world):
 
 
 def test_direct_optimisation_can_change_colour_and_shape(world):
-    """The leaky soft choice lets pixel-space gradient descent switch classes (no snapping)."""
-    shared = {"position": 4, "size": 1, "background": 0}
-    start = latents_with_attributes({**shared, "colour": COLOURS.index("blue"), "shape": SHAPES.index("circle")},
-                                    4, generator=torch.Generator().manual_seed(1))
-    goal = latents_with_attributes({**shared, "colour": COLOURS.index("red"), "shape": SHAPES.index("star")},
-                                   4, generator=torch.Generator().manual_seed(2))
+    """The leaky soft choice lets pixel-space gradient descent switch classes (no snapping).
+
+    Every ordered pair of different shapes, from a blue start to a red goal with the same position,
+    size, background and nuisances: Adam on pixel MSE must reach the goal's colour and, for most
+    pairs, its shape (a few pairs stop in a local minimum, e.g. a circle as a compromise).
+    """
+    pairs = torch.tensor([(a, b) for a in range(4) for b in range(4) if a != b])
+    count = len(pairs)
+    same = {"position": torch.full((count,), 4), "size": torch.ones(count, dtype=torch.long),
+            "background": torch.zeros(count, dtype=torch.long)}
+    goal = latents_with_attributes({**same, "colour": torch.zeros(count, dtype=torch.long), "shape": pairs[:, 1]},
+                                   generator=torch.Generator().manual_seed(2))
+    start = latents_with_attributes({**same, "colour": torch.full((count,), 5), "shape": pairs[:, 0]},
+                                    generator=torch.Generator().manual_seed(1))
+    start[:, 0, 4:] = goal[:, 0, 4:]   # size, rotation, scale, background
+    start[:, 2] = goal[:, 2]           # place
     with torch.no_grad():
         target = world.synthesize(goal)
     latents = start.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([latents], lr=0.05)
-    for _ in range(150):
+    for _ in range(120):
         loss = ((world.synthesize(latents) - target) ** 2).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     found = decode_attributes(latents)
-    assert (found["colour"] == COLOURS.index("red")).all(), found["colour"]
-    assert (found["shape"] == SHAPES.index("star")).all(), found["shape"]
+    assert (found["colour"] == COLOURS.index("red")).float().mean() >= 0.9, found["colour"]
+    assert (found["shape"] == pairs[:, 1]).float().mean() >= 0.6, found["shape"]
 
 
 def test_sample_latents_is_deterministic_and_standard_normal(world):

@@ -24,19 +24,21 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
+from latentmap.interfaces import Encoder
 from latentmap_shapes.captions import training_caption
 from latentmap_shapes.clip_model import DEFAULT_WEIGHTS, build_model, default_config, save_weights
 from latentmap_shapes.generator import ShapesGenerator
+from latentmap_shapes.tokenizer import WordTokenizer
 
 
 @dataclass
 class TrainSettings:
     """Everything that decides the trained weights (with the model config)."""
 
-    steps: int = 900
-    batch_size: int = 96
-    lr: float = 2e-3
-    warmup: int = 50
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 30
     weight_decay: float = 0.05
     seed: int = 0
 
@@ -58,8 +60,39 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(settings: TrainSettings, config: dict[str, Any] | None = None, *, progress: bool = True) -> tuple[Any, dict]:
-    """Train a fresh model; returns (model, config with a ``training`` record). Does not write files."""
+class _ModelAsEncoder(Encoder):
+    """The model being trained, seen through the Encoder contract (for progress checks)."""
+
+    name = "shapes-clip (training)"
+
+    def __init__(self, model: Any, tokenizer: WordTokenizer) -> None:
+        self.model, self.tokenizer, self.embed_dim = model, tokenizer, model.text_projection.shape[-1]
+
+    def embed_text(self, prompts: list[str], *, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(prompts), normalize=normalize)
+
+    def embed_image(self, images: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_image(images.contiguous(memory_format=torch.channels_last), normalize=normalize)
+
+
+def _progress_check(model: Any, tokenizer: WordTokenizer, samples: int) -> dict[str, float]:
+    from latentmap_shapes.evaluate_clip import zero_shot_report
+
+    model.eval()
+    with torch.no_grad():
+        report = zero_shot_report(_ModelAsEncoder(model, tokenizer), samples=samples, seed=99)
+    model.train()
+    return report
+
+
+def train(
+    settings: TrainSettings, config: dict[str, Any] | None = None, *, progress: bool = True, check_every: int = 0
+) -> tuple[Any, dict]:
+    """Train a fresh model; returns (model, config with a ``training`` record). Does not write files.
+
+    ``check_every`` > 0 prints a quick zero-shot check (512 images, another seed) that often; it
+    does not change the training (its random draws use their own generators).
+    """
     config = dict(config or default_config())
     torch.manual_seed(settings.seed)
     model, tokenizer = build_model(config)
@@ -96,6 +129,9 @@ def train(settings: TrainSettings, config: dict[str, Any] | None = None, *, prog
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if check_every and (step + 1) % check_every == 0:
+            check = _progress_check(model, tokenizer, 512)
+            bar.write(f"step {step + 1}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(check.items())[:6]))
 
     model.eval()
     config["training"] = {
@@ -121,13 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="weights file (a .json is written next to it)")
+    parser.add_argument("--check-every", type=int, default=0, help="print a quick zero-shot check every N steps")
     parser.add_argument("--eval-samples", type=int, default=2048, help="images for the zero-shot check (0: skip)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     settings = TrainSettings(args.steps, args.batch_size, args.lr, args.warmup, args.weight_decay, args.seed)
-    model, config = train(settings)
+    model, config = train(settings, check_every=args.check_every)
     save_weights(model, config, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {config['training']['seconds']} s; "
           f"loss {config['training']['first_loss']} -> {config['training']['final_loss']}")
