@@ -17,7 +17,27 @@ __version__ = "0.1.0"
 __all__ = [
     "Encoder", "Generator", "LatentSpace", "LatentmapError", "Prior", "UnknownNameError", "__version__",
     "get_encoder", "get_generator", "get_prior", "get_space", "hookimpl", "list_plugins", "register_module",
+    "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
 ]
+
+# Heavier entry points, imported on first use so ``import latentmap`` stays light. The task modules
+# themselves are the rest of the API: ``latentmap.sample``, ``latentmap.edit``, ``latentmap.optimize``,
+# ``latentmap.evaluate``, ``latentmap.train`` (e.g. ``latentmap.sample.sample(pipeline, ["a red circle"])``).
+_LAZY = {
+    "load_pipeline": "latentmap.pipeline",
+    "load_prior": "latentmap.checkpoint",
+    "save_prior": "latentmap.checkpoint",
+    "load_recipe": "latentmap.recipe",
+    "build_dataset": "latentmap.data.builder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'latentmap' has no attribute {name!r}")
 
 
 def get_generator(name: str, **options: Any) -> Generator:
