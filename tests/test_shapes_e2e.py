@@ -83,9 +83,11 @@ def test_text_prompts_get_their_colour_and_shape_far_above_chance(shapes_run: Pa
     shape = decoded["shape"].reshape(len(pairs), candidates)
     hits = (colour == truth_colour) & (shape == truth_shape)
     accuracy = float(hits.float().mean())
+    reranked = float(hits[:, 0].float().mean())  # `sample` keeps candidates best CLIP score first
     colour_accuracy = float((colour == truth_colour).float().mean())
-    # MEASURED on the dev machine (2 shared cores, ~60 s for this file) with a 150-step shapes-clip
-    # whose zero-shot shape accuracy is only 30%: colour+shape 0.32 (10x chance), colour 0.98, shape 0.32.
-    # The encoder's shape recognition bounds colour+shape; a better shipped encoder only raises it.
-    assert accuracy > 4 * CHANCE, f"colour+shape accuracy {accuracy:.3f} is not far above chance {CHANCE:.3f}"
+    # MEASURED on the dev machine (2 shared cores, 60-90 s for this file) with the shipped shapes-clip
+    # (sha256 da7bec20..., zero-shot shape accuracy 49%): colour+shape 0.48 (15x chance), re-ranked
+    # best of 8 0.62, colour 0.95, shape 0.50. The encoder's shape recognition bounds colour+shape.
+    assert accuracy > 0.2, f"colour+shape accuracy {accuracy:.3f} is not far above chance {CHANCE:.3f}"
     assert colour_accuracy > 0.6, f"colour accuracy {colour_accuracy:.3f} (chance 0.125)"
+    assert reranked >= accuracy - 0.05, f"re-ranking made it worse: {reranked:.3f} vs {accuracy:.3f}"
