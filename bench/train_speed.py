@@ -78,29 +78,33 @@ def in_memory_batches(dataset, count: int):
     return batches
 
 
-def timed(trainer, steps: int) -> float:
-    """Seconds per step over ``steps`` steps, the batch fetch included."""
+def timed(trainer, steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per step over ``steps`` steps, the batch fetch included.
+
+    CPU time (all threads of this process) is the steadier measure on a shared machine: it does not
+    count the time other processes hold the cores.
+    """
     stream = trainer._batch_stream()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         trainer.train_step(*next(stream))
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def time_reader(dataset, batches: int) -> float:
-    """Seconds per batch of the reader alone (a fresh epoch: shard loading, shuffling, casting)."""
+    """CPU seconds per batch of the reader alone (a fresh epoch: shard loading, shuffling, casting)."""
     stream = dataset.batches(1)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(batches):
         next(stream)
-    return (time.perf_counter() - start) / batches
+    return (time.process_time() - start) / batches
 
 
 def bench(name: str, steps: int, warmup: int, runs: int, work: Path) -> dict:
     from latentmap.data.reader import ShardDataset
 
     prior_options, (space, dim), embed_dim, batch = CONFIGS[name]
-    samples = batch * (steps * runs + warmup * 2) + batch
+    samples = min(batch * (steps * runs + warmup * 2) + batch, 16 * 1024)  # epochs repeat beyond this
     root = build_data(work / name, space, dim, embed_dim, samples)
     dataset = ShardDataset(root, batch_size=batch, seed=0)
     reader_trainer = make_trainer(prior_options, dataset, batch)
@@ -113,10 +117,12 @@ def bench(name: str, steps: int, warmup: int, runs: int, work: Path) -> dict:
     for _ in range(runs):  # interleaved, so machine load affects both alike
         reader.append(timed(reader_trainer, steps))
         memory.append(timed(memory_trainer, steps))
-    r, m = statistics.median(reader), statistics.median(memory)
+    r_wall, m_wall = statistics.median(t[0] for t in reader), statistics.median(t[0] for t in memory)
+    r_cpu, m_cpu = statistics.median(t[1] for t in reader), statistics.median(t[1] for t in memory)
     alone = statistics.median(time_reader(dataset, min(steps * runs, dataset.batches_per_epoch)) for _ in range(3))
-    return {"reader_alone_share": alone / r, "config": name, "params": params, "batch": batch, "reader_steps_per_s": 1 / r,
-            "memory_steps_per_s": 1 / m, "reader_share": (r - m) / r, "runs": runs, "steps": steps}
+    return {"config": name, "params": params, "batch": batch, "reader_steps_per_s": 1 / r_wall,
+            "memory_steps_per_s": 1 / m_wall, "reader_share": (r_cpu - m_cpu) / r_cpu,
+            "reader_alone_share": alone / r_cpu, "runs": runs, "steps": steps}
 
 
 def main() -> None:
@@ -131,7 +137,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CPU")
-    print("| config | params | batch | steps/s (shard reader) | steps/s (in memory) | difference | reader alone / step |")
+    print("| config | params | batch | steps/s, shard reader (wall) | steps/s, in memory (wall) "
+          "| reader cost, CPU time: difference | reader alone / step |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in args.configs.split(","):

@@ -112,6 +112,7 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
+    threads: int = field(default=0, metadata={"min": 0})  # CPU threads for torch; 0: torch's default
     log_every: int = field(default=100, metadata={"min": 1})
     checkpoint_every: int = field(default=10_000, metadata={"min": 1})
     tensorboard: bool = True

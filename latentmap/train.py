@@ -38,6 +38,8 @@ __all__ = ["train", "TrainResult"]
 
 def train(recipe: Recipe, *, resume: bool = False, validation: bool = True, progress: bool = True) -> TrainResult:
     """Train the prior a recipe describes; returns a summary. Resumes exactly with ``resume=True``."""
+    if recipe.train.threads > 0:
+        torch.set_num_threads(recipe.train.threads)
     world = setup_world(recipe.train.device)
     try:
         return _train(recipe, world, resume=resume, validation=validation, progress=progress)
