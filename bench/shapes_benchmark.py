@@ -29,7 +29,7 @@ For each: colour+shape accuracy and all-named-attributes accuracy, without and w
 
     python bench/shapes_benchmark.py                       # everything (hours on a shared 2-core CPU)
     python bench/shapes_benchmark.py --stage train --alphas 0,1.0
-    python bench/shapes_benchmark.py --stage eval --only random,alpha
+    python bench/shapes_benchmark.py --stage eval --only random,alpha   # groups: random,alpha,grid,direct,refine
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ RECIPE = REPO / "recipes" / "shapes.yaml"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 GUIDANCES = (1.0, 2.0, 4.0)
 STEPS = (4, 25, 250)
+GROUPS_OF_SETTINGS = ("random", "alpha", "grid", "direct", "refine")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,9 +243,16 @@ def load_results(path: Path) -> dict[str, Any]:
 
 
 def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results``, merged into what the file holds now (other processes may have added settings)."""
+    current = load_results(path)
+    merged = {**current, **{k: v for k, v in results.items() if k not in ("settings", "training", "commands")}}
+    merged["settings"] = {**current.get("settings", {}), **results.get("settings", {})}
+    merged["training"] = {**current.get("training", {}), **results.get("training", {})}
+    merged["commands"] = list(dict.fromkeys([*current.get("commands", []), *results.get("commands", [])]))
+    results.update(merged)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(merged, indent=2) + "\n")
     temporary.replace(path)
 
 
@@ -260,7 +268,9 @@ def best_alpha(results: dict[str, Any], alphas: tuple[float, ...]) -> float:
 def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> None:
     cases = prompt_cases(GROUPS)[:: args.stride]
     world = World(args, cases)
-    only = set(args.only.split(",")) if args.only else {"random", "alpha", "grid", "optimise"}
+    only = set(args.only.split(",")) if args.only else set(GROUPS_OF_SETTINGS)
+    if only - set(GROUPS_OF_SETTINGS):
+        raise SystemExit(f"--only takes some of {','.join(GROUPS_OF_SETTINGS)}")
 
     def record(name: str, info: dict[str, Any], run: Callable[[], dict[str, Any]]) -> None:
         if name in results["settings"] and not args.force:
@@ -284,7 +294,7 @@ def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> None:
             record(f"alpha={alpha:g}", {"kind": "prior", "alpha": alpha, "steps": 25, "guidance": 1.0},
                    lambda: measure(world, prior_method(args, checkpoint, steps=25, guidance=1.0), args,
                                    f"alpha={alpha:g}", timing=True))
-    if {"grid", "optimise"} & only:
+    if {"grid", "refine"} & only:
         alpha = best_alpha(results, args.alphas)
         results["best_alpha"] = alpha
         checkpoint = prior_dir(args, alpha) / "last.safetensors"
@@ -300,20 +310,21 @@ def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 continue
             record(name, info, lambda: measure(world, prior_method(args, checkpoint, steps=steps, guidance=guidance),
                                                args, f"g{guidance:g} s{steps}", timing=True))
-    if "optimise" in only:
-        # optimisation costs ~100x the prior per prompt: it runs on every n-th prompt (--optimise-stride),
-        # and the prior is re-measured on exactly those prompts for the comparison
-        subset = world.subset(args.optimise_stride)
-        prompts = len(subset.cases)
-        record("prior, optimisation prompts",
-               {"kind": "prior", "alpha": alpha, "steps": 25, "guidance": 1.0, "prompts": prompts},
-               lambda: measure(subset, prior_method(args, checkpoint, steps=25, guidance=1.0), args,
-                               "prior (subset)", timing=False))
+    # optimisation costs ~100x the prior per prompt: it runs on every n-th prompt (--optimise-stride),
+    # and the prior is re-measured on exactly those prompts for the comparison
+    subset = world.subset(args.optimise_stride)
+    prompts = len(subset.cases)
+    if "direct" in only:
         record(f"optimise {args.optimise_steps}",
                {"kind": "optimise", "init": "random", "optimise_steps": args.optimise_steps, "lr": args.optimise_lr,
                 "prompts": prompts},
                lambda: measure(subset, optimise_method(args, steps=args.optimise_steps, init="random"), args,
                                "optimise", timing=False))
+    if "refine" in only:
+        record("prior, optimisation prompts",
+               {"kind": "prior", "alpha": alpha, "steps": 25, "guidance": 1.0, "prompts": prompts},
+               lambda: measure(subset, prior_method(args, checkpoint, steps=25, guidance=1.0), args,
+                               "prior (subset)", timing=False))
         record(f"prior + optimise {args.refine_steps}",
                {"kind": "prior+optimise", "init": "prior", "alpha": alpha, "optimise_steps": args.refine_steps,
                 "lr": args.optimise_lr, "prompts": prompts},
@@ -337,7 +348,7 @@ def main() -> None:
                         help="optimisation settings run on every n-th prompt (they cost ~100x the prior's)")
     parser.add_argument("--refine-steps", type=int, default=50, help="optimisation steps after the prior")
     parser.add_argument("--optimise-lr", type=float, default=0.05)
-    parser.add_argument("--only", default=None, help="eval only these groups: random,alpha,grid,optimise")
+    parser.add_argument("--only", default=None, help="eval only these groups of settings: " + ",".join(GROUPS_OF_SETTINGS))
     parser.add_argument("--force", action="store_true", help="re-run settings already in the results file")
     parser.add_argument("--timing-prompts", type=int, default=4, help="prompts timed one at a time per setting")
     parser.add_argument("--stride", type=int, default=1, help="every n-th prompt only (quick trial runs)")
