@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers_train import build_tiny_dataset, tiny_recipe
+from helpers_train import build_tiny_dataset, one_thread, tiny_recipe
 
 import helpers_tiny
 from latentmap.checkpoint import load_prior, read_metadata
@@ -32,7 +32,8 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("train")
     recipe_path = tiny_recipe(folder, dataset)
     recipe = load_recipe(recipe_path)
-    result = train(recipe, progress=False)
+    with one_thread():  # tiny models on a shared CPU: threads cost more than they give
+        result = train(recipe, progress=False)
     return recipe_path, recipe, result
 
 
@@ -95,7 +96,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_state(
         return loss * float("nan") if calls["n"] > 130 else loss
 
     monkeypatch.setattr(DiffusionPrior, "loss", exploding)
-    with pytest.raises(LatentmapError) as info:
+    with pytest.raises(LatentmapError) as info, one_thread():
         train(recipe, validation=False, progress=False)
     message = str(info.value)
     assert "training diverged at step 131" in message and "nan" in message
