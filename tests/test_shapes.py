@@ -157,7 +157,8 @@ def test_gradients_flow_from_image_to_every_attribute(world):
     assert (grad.amax(0) > 0).all(), grad.amax(0)
 
 
-def test_direct_optimisation_can_change_colour_and_shape(world):
+@pytest.mark.slow
+def test_direct_optimisation_can_change_colour_and_shape():
     """The leaky soft choice lets pixel-space gradient descent switch classes (no snapping).
 
     Every ordered pair of different shapes, from a blue start to a red goal with the same position,
@@ -174,6 +175,7 @@ def test_direct_optimisation_can_change_colour_and_shape(world):
                                     generator=torch.Generator().manual_seed(1))
     start[:, 0, 4:] = goal[:, 0, 4:]   # size, rotation, scale, background
     start[:, 2] = goal[:, 2]           # place
+    world = ShapesGenerator(resolution=32)   # the same scenes, a quarter of the pixels
     with torch.no_grad():
         target = world.synthesize(goal)
     latents = start.clone().requires_grad_(True)
