@@ -149,9 +149,9 @@ def rss_child(samples: int, folder: str) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def bench_rss(scratch: Path) -> None:
+def bench_rss(scratch: Path, sizes: list[int]) -> None:
     print("\npeak RSS, tiny test world, shard 10000, batch 256 (fresh process each):")
-    for samples in (10_000, 200_000):
+    for samples in sizes:
         folder = scratch / f"rss-{samples}"
         started = time.perf_counter()
         output = subprocess.run([sys.executable, __file__, "--rss-child", str(samples), str(folder)],
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: comparable on a shared machine)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS for 10k vs 200k samples")
+    parser.add_argument("--rss-sizes", type=int, nargs="*", default=[10_000, 200_000])
     parser.add_argument("--rss-child", nargs=2, metavar=("SAMPLES", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -181,7 +182,7 @@ def main() -> None:
         for world in args.worlds:
             bench_world(world, args, Path(scratch))
         if args.rss:
-            bench_rss(Path(scratch))
+            bench_rss(Path(scratch), args.rss_sizes)
 
 
 if __name__ == "__main__":
