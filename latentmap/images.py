@@ -75,6 +75,11 @@ def load_images(paths: Sequence[str | os.PathLike], *, size: int = 224) -> Tenso
 
 
 def _font(size: int) -> ImageFont.ImageFont:
+    """A readable font: DejaVu Sans where the system has it (Pillow's built-in one nearly drops spaces)."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size=size)
+    except OSError:
+        pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font

@@ -103,7 +103,8 @@ class TinyGenerator(Generator):
     def identity(self) -> dict[str, Any]:
         return {
             **super().identity(),
-            "options": {"channels": self.channels, "weights_seed": self.weights_seed},
+            "channels": self.channels,
+            "weights_seed": self.weights_seed,
             "weights_sha256": _weights_digest(list(self.params.values())),
         }
 
@@ -155,7 +156,7 @@ class TinyEncoder(Encoder):
     def identity(self) -> dict[str, Any]:
         return {
             **super().identity(),
-            "options": {"weights_seed": self.weights_seed},
+            "weights_seed": self.weights_seed,
             "weights_sha256": _weights_digest(list(self.params.values())),
         }
 

@@ -249,9 +249,11 @@ def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] |
     existing = read_manifest_json(out)
     if existing is None:
         return None
-    wanted = settings.to_dict()
+    wanted = settings.comparable()
+    recorded = BuildSettings(**{name: existing[name] for name in wanted}).comparable() if all(
+        name in existing for name in wanted) else existing
     for name in SETTINGS_CHECK_ORDER:  # simple settings first: "seed=0, not 1" reads better than a checksum
-        difference = settings_difference({name: existing.get(name)}, {name: wanted[name]})
+        difference = settings_difference({name: recorded.get(name)}, {name: wanted[name]})
         if difference is None:
             continue
         key, old, new = difference

@@ -48,9 +48,21 @@ class BuildSettings:
             "dtype": self.dtype,
         }
 
+    def comparable(self) -> dict[str, Any]:
+        """The settings that decide shard content: identities without how they were asked for.
+
+        ``options`` (e.g. the path of a weights file) say where an object came from; what it is
+        (weights checksum, truncation, resolution ...) stands in the identity's other keys, so moving
+        a weights file does not invalidate a dataset.
+        """
+        settings = self.to_dict()
+        for kind in ("generator", "encoder"):
+            settings[kind] = {k: v for k, v in settings[kind].items() if k != "options"}
+        return settings
+
     def key(self) -> str:
         """A fingerprint stored in every shard: shards of other settings are never reused."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        canonical = json.dumps(self.comparable(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
