@@ -52,7 +52,8 @@ def test_loss_decreases_and_the_prior_beats_an_untrained_one(trained, tmp_path: 
     # the held-out image condition is reproduced far better than by an untrained prior
     dataset = open_dataset(recipe, World())
     untrained = build_prior(recipe, dataset.manifest)
-    baseline = make_validator(recipe, dataset, tmp_path, torch.device("cpu"))(untrained, 0)
+    with one_thread():
+        baseline = make_validator(recipe, dataset, tmp_path, torch.device("cpu"))(untrained, 0)
     final = validations[-1]
     assert final["val/text_clip"] > baseline["val/text_clip"] + 0.1, (final, baseline)
     assert final["val/image_clip"] > baseline["val/image_clip"] + 0.04, (final, baseline)
@@ -79,7 +80,8 @@ def test_last_and_best_hold_the_ema_weights(trained, tmp_path: Path) -> None:
     scores = {r["step"]: r["val/text_clip"] for r in read_metrics(result.out) if "val/text_clip" in r}
     assert best_meta["step"] == max(scores, key=scores.get) == result.best_step
     best, _ = load_prior(result.out / "best.safetensors")
-    rescored = make_validator(recipe, open_dataset(recipe, World()), tmp_path, torch.device("cpu"))(best, 0)
+    with one_thread():
+        rescored = make_validator(recipe, open_dataset(recipe, World()), tmp_path, torch.device("cpu"))(best, 0)
     assert rescored["val/text_clip"] == pytest.approx(scores[best_meta["step"]], abs=1e-5)
     assert best_meta["recipe"]["train"]["steps"] == 200
 
