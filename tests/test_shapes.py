@@ -236,3 +236,31 @@ def test_mean_latent_is_an_even_blend():
     scene = scene_from_latents(torch.zeros(1, 3, 8))
     assert math.isclose(float(scene.colour.max()), 1 / 8, rel_tol=1e-5)
     assert math.isclose(float(scene.large), 0.5, rel_tol=1e-5)
+
+
+def test_read_prompt_inverts_describe_for_every_combination():
+    from itertools import product
+
+    from latentmap_shapes import VOCABULARY, read_prompt
+
+    for combo in product(*(range(len(classes)) for classes in VOCABULARY.values())):
+        truth = dict(zip(VOCABULARY, combo))
+        assert read_prompt("A photograph of " + describe(truth)) == truth
+    assert read_prompt("a big gray star in the centre on a black background") == {
+        "size": 1, "colour": 7, "shape": 3, "position": 4, "background": 0}
+    assert read_prompt("two stars at the top") == {"shape": 3, "position": 1}
+    assert read_prompt("a person with glasses") == {}
+
+
+def test_eval_attribute_accuracy_knows_the_shapes_truth(world):
+    from latentmap.evaluate import AttributeWorld, attribute_accuracy
+
+    assert isinstance(world, AttributeWorld)
+    prompts = ["a red circle", "a blue star in the top left", "a person with glasses"]
+    asked = [{"colour": 0, "shape": 0}, {"colour": 5, "shape": 3, "position": 0}, {}]
+    rng = torch.Generator().manual_seed(3)
+    matching = torch.stack([latents_with_attributes(a, 64, generator=rng) if a else world.sample_latents(64)
+                            for a in asked])
+    assert attribute_accuracy(world, prompts, matching) == {"colour": 1.0, "position": 1.0, "shape": 1.0, "all": 1.0}
+    random = attribute_accuracy(world, prompts, world.sample_latents(3 * 64, generator=rng).view(3, 64, 3, 8))
+    assert random["colour"] < 0.35 and random["all"] < 0.15  # chance: 1/8 and 1/32 or 1/288

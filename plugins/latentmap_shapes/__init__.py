@@ -6,7 +6,7 @@
   safetensors, so text-to-image works with no download and no GPU.
 
 Also useful to evaluations: :func:`attribute_names`, :func:`decode_attributes` (latent -> truth),
-:func:`latents_with_attributes` (truth -> random latent), :func:`describe` (truth -> caption).
+:func:`latents_with_attributes` (truth -> random latent), :func:`describe` (truth -> caption), :func:`read_prompt` (prompt -> the truth it asks for).
 See docs/shapes.md.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from latentmap.errors import LatentmapError
 from latentmap.hookspecs import hookimpl
-from latentmap_shapes.captions import describe, describe_batch
+from latentmap_shapes.captions import describe, describe_batch, read_prompt
 from latentmap_shapes.layout import SPACE, decision_margins, decode_attributes, latents_with_attributes
 from latentmap_shapes.renderer import RENDERER_VERSION
 from latentmap_shapes.vocabulary import (
@@ -26,7 +26,7 @@ from latentmap_shapes.vocabulary import (
 __all__ = [
     "BACKGROUNDS", "COLOURS", "POSITIONS", "RENDERER_VERSION", "SHAPES", "SIZES", "SPACE", "VOCABULARY",
     "attribute_names", "class_index", "decision_margins", "decode_attributes", "describe", "describe_batch",
-    "latents_with_attributes", "make_encoder", "make_generator",
+    "latents_with_attributes", "make_encoder", "make_generator", "read_prompt",
 ]
 
 

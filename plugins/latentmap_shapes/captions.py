@@ -119,3 +119,35 @@ def caption_words() -> list[str]:
         words.update(options)
     words.update(["a", "an", "shape", "on", "background"])
     return sorted(words)
+
+
+def read_prompt(prompt: str) -> dict[str, int]:
+    """The attribute classes a prompt asks for, by index (only those it names): the inverse of :func:`describe`.
+
+    ``read_prompt("A photograph of a big red star in the top left")`` ->
+    ``{"size": 1, "colour": 0, "shape": 3, "position": 0}``. Synonyms ("gray", "centre", "black
+    background") are understood; words outside the shapes vocabulary are ignored, so evaluation
+    prefixes such as "A photograph of" are harmless.
+    """
+    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    canonical = {synonym: name for name, options in SYNONYMS.items() for synonym in options}
+    wanted: dict[str, int] = {}
+    row = column = None
+    for i, raw in enumerate(words):
+        word = canonical.get(raw, raw)
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if following == "background" and word in VOCABULARY["background"]:
+            wanted["background"] = VOCABULARY["background"].index(word)
+        elif word in VOCABULARY["size"]:
+            wanted["size"] = VOCABULARY["size"].index(word)
+        elif word in VOCABULARY["colour"]:
+            wanted["colour"] = VOCABULARY["colour"].index(word)
+        elif word.rstrip("s") in VOCABULARY["shape"]:
+            wanted["shape"] = VOCABULARY["shape"].index(word.rstrip("s"))
+        elif word in ("top", "bottom"):
+            row = ("top", "center", "bottom").index(word)
+        elif word in ("left", "right", "center"):
+            column = ("left", "center", "right").index(word)
+    if row is not None or column is not None:
+        wanted["position"] = 3 * (1 if row is None else row) + (1 if column is None else column)
+    return dict(sorted(wanted.items(), key=lambda item: PARTS.index(item[0])))

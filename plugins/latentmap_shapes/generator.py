@@ -9,6 +9,7 @@ from torch import Tensor
 
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Generator
+from latentmap_shapes.captions import read_prompt
 from latentmap_shapes.layout import DIM, SPACE, TOKENS, decode_attributes, scene_from_latents
 from latentmap_shapes.renderer import RENDERER_VERSION, render
 
@@ -47,6 +48,10 @@ class ShapesGenerator(Generator):
     def decode_attributes(self, latents: Tensor) -> dict[str, Tensor]:
         """Ground-truth attributes of latents (see :func:`latentmap_shapes.layout.decode_attributes`)."""
         return decode_attributes(latents)
+
+    def prompt_attributes(self, prompt: str) -> dict[str, int]:
+        """The classes a prompt asks for (see :func:`latentmap_shapes.captions.read_prompt`), for eval's accuracy."""
+        return read_prompt(prompt)
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "renderer": RENDERER_VERSION}

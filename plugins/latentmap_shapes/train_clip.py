@@ -35,7 +35,7 @@ from latentmap_shapes.tokenizer import WordTokenizer
 class TrainSettings:
     """Everything that decides the trained weights (with the model config)."""
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 30
