@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from latentmap.errors import LatentmapError
+from latentmap.options import resolve_device
 from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
 
-__all__ = ["Pipeline", "SamplerSettings", "load_pipeline", "parse_options", "resolve_device"]
+__all__ = ["Pipeline", "SamplerSettings", "load_pipeline"]
 
 # Identity keys that may legitimately differ between training and use: how the object was asked for.
 UNCOMPARED_KEYS = frozenset({"options"})
@@ -109,30 +109,6 @@ class Pipeline:
                 images = self.generator.synthesize(chunk).float()
                 chunks.append(images.cpu() if to_cpu else images)
         return torch.cat(chunks)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; anything else as torch reads it."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise LatentmapError(f"unknown device {str(device)!r}; expected auto, cpu, cuda or cuda:N") from None
-
-
-def parse_options(pairs: tuple[str, ...] | list[str] | None, *, flag: str = "--option") -> dict[str, Any]:
-    """``["path=/w/ffhq.pkl", "truncation=0.7"]`` -> dict, values read as YAML scalars (numbers, booleans)."""
-    options: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise LatentmapError(f"bad {flag} {pair!r}: expected KEY=VALUE")
-        try:
-            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = value
-    return options
 
 
 def _canonical(value: Any) -> Any:

@@ -10,7 +10,8 @@ import helpers_colour
 from latentmap.checkpoint import load_prior, save_prior
 from latentmap.cli import cli
 from latentmap.errors import LatentmapError
-from latentmap.pipeline import load_pipeline, parse_options, resolve_device
+from latentmap.options import parse_options, resolve_device
+from latentmap.pipeline import load_pipeline
 
 torch.set_num_threads(1)
 

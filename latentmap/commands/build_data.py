@@ -11,41 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
-import yaml
 
 from latentmap.errors import LatentmapError
+from latentmap.options import parse_options, resolve_device
 
 DTYPES = ["float16", "bfloat16", "float32"]
 DEFAULT_ENCODER = "openclip:ViT-B-32/openai"
 DEFAULTS = {"batch_size": 64, "shard_size": 10_000, "seed": 0, "dtype": "float16", "device": "auto"}
-
-
-def parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """``("truncation=0.7", "weights=ffhq.pkl")`` -> ``{"truncation": 0.7, "weights": "ffhq.pkl"}`` (YAML scalars)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise LatentmapError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = value
-    return options
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else the CPU; anything else as given."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LatentmapError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def _settings(recipe_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +94,8 @@ def command(
     from latentmap.data.builder import BuildConfig, build_dataset
     from latentmap.data.distributed import DistContext
 
-    flags["generator_options"] = parse_options(generator_options, "--generator-option")
-    flags["encoder_options"] = parse_options(encoder_options, "--encoder-option")
+    flags["generator_options"] = parse_options(generator_options, flag="--generator-option")
+    flags["encoder_options"] = parse_options(encoder_options, flag="--encoder-option")
     settings = _settings(recipe, overrides, flags)
     requested = resolve_device(settings["device"]).type
     dist = DistContext.from_environment(requested)

@@ -40,7 +40,7 @@ def command(prompt: str | None, generator_name: str | None, latents_file: str | 
     import latentmap
     from latentmap.edit import load_direction, parse_layers, parse_strengths, render_edits
     from latentmap.images import contact_sheet, save_png
-    from latentmap.pipeline import parse_options, resolve_device
+    from latentmap.options import parse_options, resolve_device
     from latentmap.sample import sample, slugify
 
     values = parse_strengths(strengths)

@@ -45,7 +45,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     """
     import latentmap
     from latentmap.optimize import OptimizeSettings, optimize
-    from latentmap.pipeline import parse_options, resolve_device
+    from latentmap.options import parse_options, resolve_device
     from latentmap.sample import write_samples
 
     texts = gather_prompts(prompts, prompts_file)

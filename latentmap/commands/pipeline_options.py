@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from latentmap.errors import LatentmapError
-from latentmap.pipeline import Pipeline, SamplerSettings, load_pipeline, parse_options
+from latentmap.options import parse_options
+from latentmap.pipeline import Pipeline, SamplerSettings, load_pipeline
 
 F = Callable[..., Any]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from latentmap.errors import LatentmapError
+from latentmap.options import resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,6 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LatentmapError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LatentmapError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def setup_world(device_name: str) -> World:
