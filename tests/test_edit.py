@@ -26,7 +26,6 @@ from latentmap.errors import LatentmapError
 from latentmap.pipeline import SamplerSettings, load_pipeline
 from latentmap.sample import sample, write_samples
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

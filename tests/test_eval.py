@@ -14,7 +14,6 @@ from latentmap.cli import cli
 from latentmap.evaluate import AttributeWorld, attribute_accuracy, evaluate, prefixed
 from latentmap.pipeline import SamplerSettings, load_pipeline
 
-torch.set_num_threads(1)
 PROMPTS = ["red", "green", "blue", "yellow"]
 
 

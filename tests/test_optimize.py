@@ -17,7 +17,6 @@ from latentmap.pipeline import SamplerSettings, load_pipeline
 from latentmap.sample import sample
 from latentmap.scoring import image_text_scores
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

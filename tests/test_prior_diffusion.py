@@ -14,11 +14,6 @@ from latentmap.prior.schedule import clip2latent_respace, make_schedule, respace
 TINY = dict(latent_dim=8, tokens=2, cond_dim=6, dim=32, depth=2, heads=2, dim_head=16, timesteps=100)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny prior trained for 300 steps on latents that are a fixed linear function of the condition."""

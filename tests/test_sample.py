@@ -16,7 +16,6 @@ from latentmap.pipeline import SamplerSettings, load_pipeline
 from latentmap.sample import sample, write_samples
 from latentmap.scoring import image_text_scores
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

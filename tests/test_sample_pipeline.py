@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import helpers_colour
@@ -13,7 +12,6 @@ from latentmap.errors import LatentmapError
 from latentmap.options import parse_options, resolve_device
 from latentmap.pipeline import load_pipeline
 
-torch.set_num_threads(1)
 
 
 def _rewrite(tmp_path, **changes):

@@ -33,15 +33,6 @@ def load_fixture(name: str) -> tuple[StyleGAN2Generator, dict[str, torch.Tensor]
     return G, cases
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box is shared: one thread is faster than oversubscribed ones, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["sg2_tiny", "sg2_resnet64_clamp"])
 def fixture(request):
     return request.param, *load_fixture(request.param)

@@ -29,22 +29,6 @@ from stylegan_pickles import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box is shared: one thread is faster than oversubscribed ones, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def marker(tmp_path) -> Path:
-    path = tmp_path / "MARKER_code_was_executed"
-    yield path
-    assert not path.exists(), "code from the pickle was executed"
-
-
 @pytest.fixture
 def sg2_pickle(tmp_path, marker) -> Path:
     kwargs, weights, _ = sg2_fixture()

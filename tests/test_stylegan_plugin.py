@@ -17,21 +17,6 @@ from latentmap_stylegan.pickle_loader import load_network_pickle
 from stylegan_pickles import discriminator_record, dump_nvidia_pickle, sg2_fixture, sg2_record
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def marker(tmp_path) -> Path:
-    path = tmp_path / "MARKER_code_was_executed"
-    yield path
-    assert not path.exists(), "code from the pickle was executed"
-
-
 @pytest.fixture
 def network_pkl(tmp_path, marker) -> Path:
     kwargs, weights, _ = sg2_fixture()
