@@ -340,7 +340,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "shapes.json")
     parser.add_argument("--encoder", default=None, help="encoder spec (default: the shipped shapes-clip)")
     parser.add_argument("--samples", type=int, default=50_000, help="dataset size")
-    parser.add_argument("--train-steps", type=int, default=3000, help="training steps per prior (recipe: 3000)")
+    parser.add_argument("--train-steps", type=int, default=2000, help="training steps per prior (recipe: 2000)")
     parser.add_argument("--alphas", type=lambda s: tuple(float(a) for a in s.split(",")), default=ALPHAS)
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--optimise-steps", type=int, default=300)

@@ -16,6 +16,7 @@ statistics), builds the prior, AdamW and the EMA, restores the newest training s
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from latentmap.training.loop import LoopSettings, Trainer, TrainResult
 from latentmap.training.metrics import MetricsLog
 from latentmap.training.optim import make_optimizer, resolve_precision
 from latentmap.training.state import latest_state, load_state
-from latentmap.training.validation import ValidationOptions, ValidationSet, prepare_validation, validate
+from latentmap.training.validation import (
+    ValidationOptions, ValidationSet, condition_scale_mismatch, prepare_validation, validate,
+)
 
 __all__ = ["train", "TrainResult"]
 
@@ -192,6 +195,9 @@ def make_validator(recipe: Recipe, dataset: Any, out: Path, device: torch.device
     prompts = read_prompts(v.prompts)
     holdout = dataset.holdout_set() if v.image_conditions > 0 else (torch.zeros(0), torch.zeros(0))
     vset: ValidationSet = prepare_validation(encoder, prompts, holdout, image_conditions=v.image_conditions)
+    mismatch = condition_scale_mismatch(vset, normalize_cond=recipe.prior.normalize_cond)
+    if mismatch:
+        print(f"warning: {mismatch}", file=sys.stderr)
     options = ValidationOptions(
         samples_per_prompt=v.samples_per_prompt, steps=v.steps, sampler=v.sampler, guidance=v.guidance,
         batch_size=v.batch_size, seed=recipe.train.seed,

@@ -131,3 +131,17 @@ def test_metrics_resume_drops_lines_of_the_interrupted_run(tmp_path: Path) -> No
     resumed = MetricsLog(tmp_path, resume_step=20, tensorboard=False)
     assert [r["step"] for r in resumed.read()] == [10, 20, 20]
     assert resumed.plot().stat().st_size > 1000
+
+
+def test_condition_scale_mismatch_names_the_recipe_key():
+    from latentmap.training.validation import ValidationSet, condition_scale_mismatch
+
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    images = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=-1)
+    short_text = ValidationSet(["p"] * 8, unit * 10.0, torch.zeros(32, 1, 4), images * 73.0)
+    message = condition_scale_mismatch(short_text, normalize_cond=False)
+    assert message is not None and "7.3x" in message and "prior.normalize_cond: true" in message
+    assert condition_scale_mismatch(short_text, normalize_cond=True) is None
+    alike = ValidationSet(["p"] * 8, unit * 9.0, torch.zeros(32, 1, 4), images * 11.0)  # CLIP ViT-B/32-like
+    assert condition_scale_mismatch(alike, normalize_cond=False) is None

@@ -58,6 +58,26 @@ def prepare_validation(
     return ValidationSet(prompts, text, latents[:image_conditions].float().cpu(), embeds[:image_conditions].float().cpu())
 
 
+def condition_scale_mismatch(vset: ValidationSet, *, normalize_cond: bool, tolerance: float = 2.0) -> str | None:
+    """A warning when text embeddings are much shorter or longer than the image embeddings trained on.
+
+    A prior fed raw conditions (``normalize_cond: false``, the paper's choice for CLIP ViT-B/32,
+    whose text and image embeddings have similar norms) only ever sees image-embedding lengths;
+    an encoder whose text embeddings are several times shorter hands it conditions from outside
+    its training distribution at sampling time, and text-to-image quality falls as training goes on.
+    """
+    if normalize_cond or vset.holdout_embeds.numel() == 0 or vset.text_embeds.numel() == 0:
+        return None
+    image_norm = float(vset.holdout_embeds.norm(dim=-1).mean())
+    text_norm = float(vset.text_embeds.norm(dim=-1).mean())
+    ratio = image_norm / max(text_norm, 1e-12)
+    if 1 / tolerance <= ratio <= tolerance:
+        return None
+    return (f"image embeddings are {ratio:.1f}x as long as text embeddings (mean norm {image_norm:.3g} vs "
+            f"{text_norm:.3g}) and the prior takes raw conditions: text prompts will lie outside what it is "
+            f"trained on; set prior.normalize_cond: true in the recipe")
+
+
 @torch.no_grad()
 def render_and_score(
     prior: Prior, generator: Generator, encoder: Encoder, cond: Tensor, options: ValidationOptions, seed_offset: int
