@@ -24,17 +24,22 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def settings_table(settings: dict[str, Any]) -> list[str]:
     lines = [
         "| setting | prompts | colour+shape | colour+shape, re-ranked | all named | all named, re-ranked "
-        "| CLIP score | CLIP score, re-ranked | s / prompt |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CLIP score | CLIP score, re-ranked | s / prompt, batched | s / prompt, one at a time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in settings.items():
         lines.append(
             f"| {name} | {r.get('prompts', 64)} | {pct(r['colour_shape'])} | {pct(r['colour_shape_reranked'])} "
             f"| {pct(r['all_named'])} | {pct(r['all_named_reranked'])} | {r['clip_score']:.3f} "
-            f"| {r['clip_score_reranked']:.3f} | {r['seconds_per_prompt']:.3f} |"
+            f"| {r['clip_score_reranked']:.3f} | {r['seconds_per_prompt']:.3f} "
+            f"| {_seconds(r.get('seconds_per_prompt_single'))} |"
         )
     return lines
 
@@ -136,11 +141,14 @@ def section(results: dict[str, Any], notes: str) -> str:
     parts = [
         HEADING,
         "",
-        "Commands: " + ", then ".join(f"`{command}`" for command in results["commands"])
-        + ", then `python bench/shapes_report.py`.",
+        "Reproduce: `python bench/shapes_benchmark.py` (every stage: data, one prior per alpha, every "
+        "setting; resumable), then `python bench/shapes_report.py`. The evaluation commands of this run: "
+        + ", ".join(f"`{command}`" for command in results["commands"]) + ".",
         f"Machine: {results['machine']}. Encoder: `{c['encoder']}`. Dataset: {c['samples']:,} samples; "
         f"one prior per alpha, {c['train_steps']} steps each; {c['prompts']} prompts x {c['candidates']} samples "
-        "(seconds per prompt: median over prompts run one at a time).",
+        "(seconds per prompt, batched: one run over all the setting's prompts, divided by their number; "
+        "one at a time: median over prompts sampled alone after a warm-up, the paper's timing protocol; "
+        "both include text embedding, sampling, rendering and scoring all 16 candidates).",
         "",
         notes.strip(),
         "",
