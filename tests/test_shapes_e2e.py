@@ -93,3 +93,27 @@ def test_text_prompts_get_their_colour_and_shape_far_above_chance(shapes_run: Pa
     assert colour_accuracy > 0.75, f"colour accuracy {colour_accuracy:.3f} (chance 0.125)"
     assert reranked > 0.75, f"re-ranked colour+shape accuracy {reranked:.3f}"
     assert reranked >= accuracy - 0.05, f"re-ranking made it worse: {reranked:.3f} vs {accuracy:.3f}"
+
+
+def test_eval_reports_attribute_accuracy_on_the_packaged_shapes_prompts(shapes_run: Path, tmp_path: Path) -> None:
+    import sys
+
+    from latentmap.cli import cli
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from shapes_common import prompt_cases
+
+    packaged = (REPO / "latentmap" / "prompts" / "shapes-eval-64.txt").read_text().splitlines()
+    assert packaged == [case.text for case in prompt_cases()]  # the benchmark's prompts, shipped
+    report = tmp_path / "report.json"
+    argv = ["eval", "--checkpoint", str(shapes_run / "best.safetensors"), "--prompts-file", "shapes-eval-64.txt",
+            "--prefix", "", "--candidates", "4", "--steps", "10", "--device", "cpu", "--report", str(report)]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "attribute accuracy:" in result.output
+    data = json.loads(report.read_text())
+    accuracy, reranked = data["attribute_accuracy"], data["attribute_accuracy_reranked"]
+    assert set(accuracy) == {"colour", "shape", "position", "all"}
+    # chance: colour 1/8, shape 1/4, every named attribute (colour+shape, or +position) 1/32 or 1/288
+    assert accuracy["colour"] > 0.5 and accuracy["shape"] > 0.5 and accuracy["all"] > 0.2
+    assert reranked["all"] >= accuracy["all"] - 0.05
