@@ -9,6 +9,7 @@ stored ``1 / lr_multiplier`` times larger than they act, and the weight is scale
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,29 @@ class MappingNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
+
+
+class MappedGenerator(nn.Module):
+    """What StyleGAN2 and StyleGAN3 generators share: ``G(z) = G.synthesis(G.mapping(z))``.
+
+    Subclasses build ``self.mapping`` (a :class:`MappingNetwork`) and ``self.synthesis``.
+    """
+
+    mapping: MappingNetwork
+    synthesis: nn.Module
+
+    def forward(
+        self,
+        z: Tensor,
+        c: Tensor | None = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+        **synthesis_kwargs: Any,
+    ) -> Tensor:
+        """z (B, z_dim) -> images (B, C, H, W) in about [-1, 1], NVIDIA's call semantics."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+        return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
 
 
 def truncate(ws: Tensor, w_avg: Tensor, psi: float, cutoff: int | None = None) -> Tensor:

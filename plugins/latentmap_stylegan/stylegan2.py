@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentmap.errors import LatentmapError
-from latentmap_stylegan.mapping import LRELU_SLOPE, FullyConnectedLayer, MappingNetwork
+from latentmap_stylegan.mapping import LRELU_SLOPE, FullyConnectedLayer, MappedGenerator, MappingNetwork
 from latentmap_stylegan.ops import make_filter
 
 SQRT2 = math.sqrt(2.0)
@@ -507,7 +507,7 @@ class SynthesisNetwork(nn.Module):
         return img.to(torch.float32)
 
 
-class StyleGAN2Generator(nn.Module):
+class StyleGAN2Generator(MappedGenerator):
     """Mapping + synthesis with NVIDIA's constructor arguments and call semantics.
 
     ``Generator(z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={}, **synthesis_kwargs)``
@@ -533,15 +533,3 @@ class StyleGAN2Generator(nn.Module):
         self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **kwargs)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **(mapping_kwargs or {}))
-
-    def forward(
-        self,
-        z: Tensor,
-        c: Tensor | None = None,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-        **synthesis_kwargs: Any,
-    ) -> Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, **synthesis_kwargs)

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from latentmap.errors import LatentmapError
-from latentmap_stylegan.mapping import FullyConnectedLayer, MappingNetwork
+from latentmap_stylegan.mapping import FullyConnectedLayer, MappedGenerator, MappingNetwork
 from latentmap_stylegan.sg3_filters import design_lowpass_filter
 from latentmap_stylegan.sg3_resample import filtered_lrelu, filtered_lrelu_reference
 from latentmap_stylegan.sg3_schedule import InputSpec, LayerSpec, derive_schedule
@@ -269,7 +269,7 @@ class SynthesisNetwork(nn.Module):
         return f"w_dim={self.w_dim}, num_ws={self.num_ws}, img_resolution={self.img_resolution}, img_channels={self.img_channels}"
 
 
-class StyleGAN3Generator(nn.Module):
+class StyleGAN3Generator(MappedGenerator):
     """NVIDIA's ``training.networks_stylegan3.Generator``: mapping + synthesis, same kwargs and keys."""
 
     def __init__(
@@ -293,15 +293,3 @@ class StyleGAN3Generator(nn.Module):
         self.num_ws = self.synthesis.num_ws
         mapping_kwargs = {"num_layers": 2, **(mapping_kwargs or {})}
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
-
-    def forward(
-        self,
-        z: Tensor,
-        c: Tensor | None = None,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-        **synthesis_kwargs: Any,
-    ) -> Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
