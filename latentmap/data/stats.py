@@ -26,13 +26,15 @@ class Moments:
     @classmethod
     def of(cls, values: Tensor) -> "Moments":
         """Moments over the first axis of ``values`` (N, ...), computed in float64 (two-pass, exact)."""
-        x = values.to(torch.float64)
+        # A private float64 copy (copy=True even if ``values`` is float64), so the deviations can be
+        # formed in place: one shard-sized float64 temporary instead of three, with the same values.
+        x = values.to(torch.float64, copy=True)
         count = int(x.shape[0])
         if count == 0:
             zeros = torch.zeros(x.shape[1:], dtype=torch.float64)
             return cls(0, zeros, zeros.clone())
         mean = x.mean(dim=0)
-        m2 = ((x - mean) ** 2).sum(dim=0)
+        m2 = x.sub_(mean).square_().sum(dim=0)
         return cls(count, mean, m2)
 
     def merge(self, other: "Moments") -> "Moments":
