@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 from torch import Tensor
 
+from latentmap.atomic import replace_atomically
 from latentmap.errors import LatentmapError
 from latentmap.prior.diffusion import DiffusionPrior, PriorConfig
 
@@ -35,33 +35,6 @@ METADATA_KEY = "latentmap"
 
 def _plain_tensor(t: Tensor) -> Tensor:
     return t.detach().to("cpu").contiguous().clone()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_prior(
@@ -96,7 +69,7 @@ def save_prior(
         text = json.dumps(document, sort_keys=True)
     except TypeError as exc:
         raise LatentmapError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
-    atomic_write_bytes(path, save({**tensors, **extra}, metadata={METADATA_KEY: text}))
+    replace_atomically(path, lambda temp: save_file({**tensors, **extra}, str(temp), metadata={METADATA_KEY: text}))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

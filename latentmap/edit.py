@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from latentmap.atomic import replace_atomically
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Generator, LatentSpace
 
@@ -237,7 +238,6 @@ def save_direction(path: str | os.PathLike, direction: Direction) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise LatentmapError(f"direction files are written as .safetensors, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     description = {
         "format": DIRECTION_FORMAT,
         "version": DIRECTION_VERSION,
@@ -245,11 +245,9 @@ def save_direction(path: str | os.PathLike, direction: Direction) -> Path:
         "space": direction.space,
         "info": {k: v for k, v in direction.info.items() if k != "file"},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"direction": direction.vector.detach().float().contiguous().cpu()}, str(tmp),
-              metadata={"latentmap": json.dumps(description)})
-    os.replace(tmp, path)
-    return path
+    tensors = {"direction": direction.vector.detach().float().contiguous().cpu()}
+    metadata = {"latentmap": json.dumps(description)}
+    return replace_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
 def load_direction(path: str | os.PathLike) -> Direction:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import helpers_tiny
 import latentmap
-from latentmap.data import atomic
+from latentmap import atomic
 from latentmap.data.builder import BuildConfig, build_dataset, latent_batches, plan_shards
 from latentmap.data.manifest import load_manifest
 from latentmap.data.seeds import shard_generator

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from latentmap.data.atomic import remove_stale_temporaries, write_atomic
+from latentmap.atomic import remove_stale_temporaries, write_atomic
 from latentmap.data.distributed import DistContext
 from latentmap.data.manifest import (
     STD_CORRECTION,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latentmap.data.atomic import write_atomic
+from latentmap.atomic import write_atomic
 from latentmap.errors import LatentmapError
 
 MANIFEST_NAME = "manifest.json"

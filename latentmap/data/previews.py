@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentmap.data.atomic import write_atomic
+from latentmap.atomic import write_atomic
 from latentmap.images import contact_sheet
 
 PREVIEW_FOLDER = "previews"

@@ -10,7 +10,6 @@ temporary name, flushed, fsynced and renamed, so a crash mid-write leaves the pr
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from latentmap.atomic import replace_atomically
 from latentmap.errors import LatentmapError
 
 STATE_FORMAT = "latentmap-train-state"
@@ -49,29 +49,12 @@ def prune_states(folder: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file so that ``path`` is either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(contiguous, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def save_state(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
     """Write a training state: ``tensors`` by name, ``info`` as JSON metadata."""
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **info}
-    atomic_save_tensors(path, tensors, {"state": json.dumps(payload)})
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {"state": json.dumps(payload)}
+    replace_atomically(path, lambda temp: save_file(contiguous, str(temp), metadata=metadata))
 
 
 def load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from latentmap.atomic import replace_atomically
 from latentmap.errors import LatentmapError
 from latentmap_stylegan.pickle_loader import LoadedNetwork, build_network, load_tensors_strictly, to_plain
 
@@ -36,11 +37,7 @@ def save_converted(loaded: LoadedNetwork, path: str | Path, *, source: str = "",
         "source": source,
         "network": network_key,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    save_file(tensors, str(temporary), metadata=metadata)
-    temporary.replace(path)
-    return path
+    return replace_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: a temporary name, fsync, rename, fsync of the folder.
+"""Crash-safe file writes for everything latentmap saves: a temporary name, fsync, rename, fsync of the folder.
 
 A reader (or a resumed build) therefore sees either the complete old file, the complete new file or
 no file, never a half-written one, even after ``kill -9`` or a power cut. A full disk is reported as
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from latentmap.errors import LatentmapError
@@ -30,14 +31,20 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` durably and atomically; LatentmapError on a full disk or I/O error."""
+def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, size: int | None = None) -> Path:
+    """Have ``write`` fill a temporary file beside ``path``, then make it ``path`` durably and atomically.
+
+    ``write`` receives the temporary path (safetensors' ``save_file`` fits as is, so large tensors
+    are streamed rather than held twice as bytes). The parent folder is created if needed. A full
+    disk or an I/O error becomes one LatentmapError naming ``path`` and leaves no temporary behind.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        write(temp)
+        fd = os.open(temp, os.O_RDONLY)
         try:
-            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -45,12 +52,30 @@ def write_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if exc.errno in _NO_SPACE:
+            amount = f" ({size / 1e6:.1f} MB)" if size is not None else ""
             raise LatentmapError(
-                f"no space left on device while writing {path} ({len(data) / 1e6:.1f} MB); "
+                f"no space left on device while writing {path}{amount}; "
                 "free some space and run the same command again to resume"
             ) from None
         raise LatentmapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     fsync_folder(path.parent)
+    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` durably and atomically; LatentmapError on a full disk or I/O error."""
+
+    def write(temp: Path) -> None:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    replace_atomically(path, write, size=len(data))
 
 
 def fsync_folder(folder: Path) -> None:
