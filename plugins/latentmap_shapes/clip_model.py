@@ -11,7 +11,6 @@ configuration, the vocabulary and how it was trained).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -101,14 +100,6 @@ def load_model(weights: Path = DEFAULT_WEIGHTS) -> tuple[CLIP, WordTokenizer, di
         kind = "missing" if missing else "unexpected"
         raise LatentmapError(f"shapes-clip weights {weights} do not fit its config: {kind} tensor {first!r}")
     return model.eval(), tokenizer, config
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare_images(images: Tensor, size: int = IMAGE_SIZE) -> Tensor:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentmap.interfaces import Encoder
-from latentmap_shapes.clip_model import DEFAULT_WEIGHTS, file_sha256, load_model, prepare_images
+from latentmap.weights import sha256_file
+from latentmap_shapes.clip_model import DEFAULT_WEIGHTS, load_model, prepare_images
 
 
 class ShapesClipEncoder(Encoder):
@@ -30,7 +31,7 @@ class ShapesClipEncoder(Encoder):
         self.model.visual.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU
         self.embed_dim = int(self.config["embed_dim"])
         self.image_size = int(self.config["vision"]["image_size"])
-        self._sha256 = file_sha256(self.weights)
+        self._sha256 = sha256_file(self.weights)
         self._device = torch.device("cpu")
         self.to(device)
 
