@@ -49,7 +49,7 @@ def build_data(root: Path, space: str, dim: int, embed_dim: int, samples: int) -
 
 def make_trainer(prior_options: dict, dataset, batch_size: int):
     from latentmap import get_prior
-    from latentmap.training.distributed import World
+    from latentmap.distributed import World
     from latentmap.training.ema import EMA
     from latentmap.training.loop import LoopSettings, Trainer
     from latentmap.training.optim import make_optimizer

@@ -6,5 +6,6 @@
 - ``state``: full training state as safetensors + JSON, for exact resume
 - ``validation``: CLIP score on text prompts and held-out images, image grids
 - ``metrics``: metrics.jsonl, metrics.png, optional TensorBoard
-- ``distributed``: torchrun / DDP process groups
+
+The torchrun world (process group, rank, device) is :mod:`latentmap.distributed`, shared with build-data.
 """

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from latentmap.data.augment import lafite_noise
+from latentmap.distributed import World
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Prior
-from latentmap.training.distributed import World, mean_across
 from latentmap.training.ema import EMA
 from latentmap.training.metrics import MetricsLog
 from latentmap.training.optim import autocast, step_generator
@@ -255,7 +255,7 @@ class Trainer:
                 bar.update(1)
                 if p.step % s.log_every == 0 or p.step == s.steps:
                     elapsed = time.perf_counter() - window_start
-                    mean_loss = float(mean_across(world, torch.tensor(window_loss / window_steps, device=world.device)))
+                    mean_loss = float(world.mean_across(torch.tensor(window_loss / window_steps, device=world.device)))
                     last_logged = mean_loss
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     if self.metrics is not None:
