@@ -85,8 +85,11 @@ def plugins_command(as_json: bool) -> None:
 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["generators", "encoders", "priors", "spaces"]))
-def list_command(kind: str) -> None:
+@click.option("--options", "show_options", is_flag=True,
+              help="Also print each one's options (type, default, limits, help); for priors, their sampling settings.")
+def list_command(kind: str, show_options: bool) -> None:
     """List the generators, encoders, priors or latent spaces that plugins provide."""
+    from latentmap.config import describe_options
     from latentmap.plugins import get_plugin_manager
 
     manager = get_plugin_manager()
@@ -97,19 +100,32 @@ def list_command(kind: str) -> None:
         registration = registry[name]
         shown = f"{name}:SPEC" if kind == "encoders" else name
         click.echo(f"{shown:<22} {registration.description}  [{registration.plugin}]")
-        for option, what in sorted(registration.options.items()):
-            click.echo(f"{'':<24}{option}: {what}")
+        if not show_options:
+            continue
+        groups = [("options", registration.options)]
+        if registration.sampling is not None:
+            groups.append(("sampling settings", registration.sampling))
+        for title, declared in groups:
+            infos = describe_options(declared)
+            click.echo(f"{'':<4}{title}:" + ("" if infos else " none"))
+            for info in infos:
+                click.echo(f"{'':<6}{info.line()}")
     for info in manager.failed_plugins():
         click.echo(f"warning: plugin {info.name!r} failed: {info.errors[0]}", err=True)
 
 
 def _add_core_commands() -> None:
+    """Add the command of every module in COMMAND_MODULES; one that is missing or broken is a bug: raise."""
     for module_name in COMMAND_MODULES:
         qualified = f"latentmap.commands.{module_name}"
-        if importlib.util.find_spec(qualified) is None:
-            continue
-        module = importlib.import_module(qualified)
-        cli.add_command(module.command)
+        try:
+            module = importlib.import_module(qualified)
+        except Exception as exc:
+            raise ImportError(f"core command module {qualified} cannot be imported: {type(exc).__name__}: {exc}") from exc
+        command = getattr(module, "command", None)
+        if not isinstance(command, click.Command):
+            raise ImportError(f"core command module {qualified} defines no click command named `command`")
+        cli.add_command(command)
 
 
 def _add_plugin_commands() -> None:

@@ -252,3 +252,29 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_defaults_and_dtype_choices_are_the_recipe_data_sections(tmp_path, monkeypatch):
+    import dataclasses
+
+    from latentmap.commands import build_data as build_data_command
+    from latentmap.data import builder
+    from latentmap.recipe import DataSection, EncoderSection
+
+    given = []
+    monkeypatch.setattr(builder, "build_data", lambda **arguments: given.append(arguments) or built)
+    built = build(tmp_path / "small", 10)
+    result = run_cli("--generator", "tiny-test", "--samples", "5", "--out", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    assert "10 samples in 1 shards" in result.output  # the summary of what build_data returned
+    [arguments] = given
+    assert arguments.pop("data") == DataSection(samples=5, dir=tmp_path / "d")  # all else the recipe's defaults
+    assert arguments == {"generator": "tiny-test", "encoder": EncoderSection().name, "generator_options": {},
+                         "encoder_options": {}, "save_images": False, "progress": True}
+
+    dtype = next(f for f in dataclasses.fields(DataSection) if f.name == "dtype")
+    params = {p.name: p for p in build_data_command.command.params}
+    assert tuple(params["dtype"].type.choices) == tuple(dtype.metadata["choices"])
+    defaults, config = DataSection(), BuildConfig(out=tmp_path, samples=1)
+    assert (config.batch_size, config.shard_size, config.seed, config.dtype) == (
+        defaults.batch_size, defaults.shard_size, defaults.seed, defaults.dtype)

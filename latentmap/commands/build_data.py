@@ -7,51 +7,65 @@ Settings come from flags, or from a recipe's ``generator``, ``encoder`` and ``da
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from latentmap.config import parse_pairs
 from latentmap.errors import LatentmapError
-from latentmap.options import parse_options, resolve_device
+from latentmap.recipe import DataSection, EncoderSection, load_recipe
 
-DTYPES = ["float16", "bfloat16", "float32"]
-DEFAULT_ENCODER = "openclip:ViT-B-32/openai"
-DEFAULTS = {"batch_size": 64, "shard_size": 10_000, "seed": 0, "dtype": "float16", "device": "auto"}
+if TYPE_CHECKING:
+    from latentmap.data.builder import BuildSummary
+
+# Defaults and choices are the recipe's: a flag left out means what the key left out of a recipe means.
+DATA = DataSection()
+DEFAULT_ENCODER = EncoderSection().name
+DTYPES = list(next(f for f in dataclasses.fields(DataSection) if f.name == "dtype").metadata["choices"])
+# --flag -> key of the data section
+DATA_FLAGS = {"out": "dir", "samples": "samples", "batch_size": "batch_size", "shard_size": "shard_size",
+              "seed": "seed", "dtype": "dtype", "device": "device"}
 
 
-def _settings(recipe_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]) -> dict[str, Any]:
-    """Merge recipe values (if any) with the flags the user actually gave; check what is required."""
-    settings: dict[str, Any] = dict(DEFAULTS, generator_options={}, encoder_options={}, encoder=DEFAULT_ENCODER, space=None)
+def _settings(
+    recipe_path: str | None,
+    overrides: tuple[str, ...],
+    flags: dict[str, Any],
+    generator_options: dict[str, Any],
+    encoder_options: dict[str, Any],
+) -> dict[str, Any]:
+    """Arguments of ``build_data``: the recipe file's (if any), with the flags the user actually gave applied."""
     if recipe_path is not None:
-        from latentmap.recipe import load_recipe
-
         recipe = load_recipe(recipe_path, overrides)
-        settings.update(
-            generator=recipe.generator.name,
-            space=recipe.generator.space,
-            generator_options=dict(recipe.generator.options),
-            encoder=recipe.encoder.name,
-            encoder_options=dict(recipe.encoder.options),
-            out=recipe.data.dir,
-            samples=recipe.data.samples,
-            batch_size=recipe.data.batch_size,
-            shard_size=recipe.data.shard_size,
-            seed=recipe.data.seed,
-            dtype=recipe.data.dtype,
-            device=recipe.data.device,
-        )
+        settings = dict(data=recipe.data, generator=recipe.generator.name, encoder=recipe.encoder.name,
+                        generator_options=recipe.generator.factory_options(),
+                        encoder_options=recipe.encoder.factory_options())
     elif overrides:
         raise LatentmapError("--set needs a recipe file: latentmap build-data RECIPE.yaml --set data.samples=1000")
-    for key, value in flags.items():
-        if key.endswith("_options"):
-            settings[key].update(value)
-        elif value is not None:
-            settings[key] = value
-    for key, flag in (("generator", "--generator"), ("samples", "--samples"), ("out", "--out")):
-        if settings.get(key) is None:
-            raise LatentmapError(f"build-data needs {flag} (or a recipe file that sets it)")
+    else:
+        for key, flag in (("generator", "--generator"), ("samples", "--samples"), ("out", "--out")):
+            if flags.get(key) is None:
+                raise LatentmapError(f"build-data needs {flag} (or a recipe file that sets it)")
+        settings = dict(data=DATA, encoder=DEFAULT_ENCODER, generator_options={}, encoder_options={})
+    given = {key: value for key, value in flags.items() if value is not None}
+    settings["data"] = dataclasses.replace(
+        settings["data"], **{key: given[flag] for flag, key in DATA_FLAGS.items() if flag in given})
+    settings.update({key: given[key] for key in ("generator", "encoder") if key in given})
+    if "space" in given:
+        settings["generator_options"]["space"] = given["space"]
+    settings["generator_options"].update(generator_options)
+    settings["encoder_options"].update(encoder_options)
     return settings
+
+
+def print_build_summary(summary: BuildSummary) -> None:
+    """The end-of-build summary, printed once (by rank 0 under torchrun)."""
+    from latentmap.distributed import main_process
+
+    if main_process():
+        click.echo(summary.describe())
 
 
 @click.command("build-data")
@@ -60,13 +74,13 @@ def _settings(recipe_path: str | None, overrides: tuple[str, ...], flags: dict[s
 @click.option("--space", help="Latent space: w, w3, w+ (default: the generator's).")
 @click.option("--encoder", "encoder", help=f"Encoder as prefix:spec [default: {DEFAULT_ENCODER}].")
 @click.option("--samples", type=click.IntRange(min=1), help="Number of (latent, embedding) pairs.")
-@click.option("--out", type=click.Path(file_okay=False), help="Dataset folder (created; an existing one is resumed).")
-@click.option("--batch-size", type=click.IntRange(min=1), help=f"Samples per forward pass [default: {DEFAULTS['batch_size']}].")
-@click.option("--shard-size", type=click.IntRange(min=1), help=f"Samples per shard file [default: {DEFAULTS['shard_size']}].")
-@click.option("--seed", type=int, help="Dataset seed; shard i draws from (seed, i) [default: 0].")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Storage dtype of latents and embeddings [default: float16].")
-@click.option("--device", help="auto, cpu, cuda, cuda:1 ... [default: auto].")
-@click.option("--save-images", is_flag=True, default=None, help="Also write thumbnails per shard and contact-sheet.png.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder (created; an existing one is resumed).")
+@click.option("--batch-size", type=click.IntRange(min=1), help=f"Samples per forward pass [default: {DATA.batch_size}].")
+@click.option("--shard-size", type=click.IntRange(min=1), help=f"Samples per shard file [default: {DATA.shard_size}].")
+@click.option("--seed", type=int, help=f"Dataset seed; shard i draws from (seed, i) [default: {DATA.seed}].")
+@click.option("--dtype", type=click.Choice(DTYPES), help=f"Storage dtype of latents and embeddings [default: {DATA.dtype}].")
+@click.option("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {DATA.device}].")
+@click.option("--save-images", is_flag=True, help="Also write thumbnails per shard and contact-sheet.png.")
 @click.option("--generator-option", "-G", "generator_options", multiple=True, metavar="KEY=VALUE",
               help="Option for the generator (weights=..., truncation=0.7); repeatable.")
 @click.option("--encoder-option", "-E", "encoder_options", multiple=True, metavar="KEY=VALUE",
@@ -78,6 +92,7 @@ def command(
     overrides: tuple[str, ...],
     generator_options: tuple[str, ...],
     encoder_options: tuple[str, ...],
+    save_images: bool,
     quiet: bool,
     **flags: Any,
 ) -> None:
@@ -90,34 +105,8 @@ def command(
 
     Re-running the same command resumes after the last complete shard (and rebuilds any corrupt one).
     """
-    import latentmap
-    from latentmap.data.builder import BuildConfig, build_dataset
-    from latentmap.data.distributed import DistContext
+    from latentmap.data.builder import build_data
 
-    flags["generator_options"] = parse_options(generator_options, flag="--generator-option")
-    flags["encoder_options"] = parse_options(encoder_options, flag="--encoder-option")
-    settings = _settings(recipe, overrides, flags)
-    requested = resolve_device(settings["device"]).type
-    dist = DistContext.from_environment(requested)
-    try:
-        device = resolve_device(settings["device"], dist.local_rank)
-        generator_kwargs = dict(settings["generator_options"])
-        if settings["space"] is not None:
-            generator_kwargs["space"] = settings["space"]
-        generator = latentmap.get_generator(settings["generator"], **generator_kwargs).to(device)
-        encoder = latentmap.get_encoder(settings["encoder"], **settings["encoder_options"]).to(device)
-        config = BuildConfig(
-            out=Path(settings["out"]),
-            samples=settings["samples"],
-            batch_size=settings["batch_size"],
-            shard_size=settings["shard_size"],
-            seed=settings["seed"],
-            dtype=settings["dtype"],
-            save_images=bool(settings.get("save_images")),
-            progress=not quiet,
-        )
-        summary = build_dataset(generator, encoder, config, dist=dist)
-        if dist.is_main:
-            click.echo(summary.describe())
-    finally:
-        dist.close()
+    settings = _settings(recipe, overrides, flags, parse_pairs(generator_options, flag="--generator-option"),
+                         parse_pairs(encoder_options, flag="--encoder-option"))
+    print_build_summary(build_data(**settings, save_images=save_images, progress=not quiet))

@@ -16,8 +16,7 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set train.steps=500 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.pass_context
-def command(ctx: click.Context, recipe: str, overrides: tuple[str, ...], quiet: bool) -> None:
+def command(recipe: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Build the dataset, train the prior and sample the recipe's prompts (RECIPE is a YAML file).
 
     \b
@@ -25,17 +24,20 @@ def command(ctx: click.Context, recipe: str, overrides: tuple[str, ...], quiet: 
     and the samples (PNGs, a contact sheet per prompt with CLIP scores, samples.jsonl) in
     sample.out (default: <train.out>/samples).
     """
-    from latentmap.commands import build_data, train
+    from latentmap.commands.build_data import print_build_summary
+    from latentmap.commands.train import print_training_summary
+    from latentmap.data.builder import build_data_from_recipe
     from latentmap.recipe import load_recipe
+    from latentmap.train import train
     from latentmap.training.state import latest_state
 
     loaded = load_recipe(recipe, overrides)
     click.echo(f"[1/3] build-data -> {loaded.data.dir}")
-    ctx.invoke(build_data.command, recipe=recipe, overrides=overrides, quiet=quiet)
+    print_build_summary(build_data_from_recipe(loaded, progress=not quiet))
 
     resume = latest_state(Path(loaded.train.out) / "states") is not None
     click.echo(f"[2/3] train -> {loaded.train.out}" + (" (resuming)" if resume else ""))
-    ctx.invoke(train.command, recipe=recipe, overrides=overrides, resume=resume, quiet=quiet)
+    print_training_summary(train(loaded, resume=resume, progress=not quiet))
 
     click.echo("[3/3] sample")
     sample_recipe_prompts(loaded, progress=not quiet)
@@ -43,7 +45,7 @@ def command(ctx: click.Context, recipe: str, overrides: tuple[str, ...], quiet: 
 
 def sample_recipe_prompts(recipe, *, progress: bool = True) -> Path:
     """Sample the recipe's prompts from its best checkpoint; print each prompt's scores; return the folder."""
-    from latentmap.pipeline import load_pipeline
+    from latentmap.pipeline import SamplerSettings, load_pipeline
     from latentmap.recipe import read_prompts
     from latentmap.sample import sample, write_samples
 
@@ -54,10 +56,7 @@ def sample_recipe_prompts(recipe, *, progress: bool = True) -> Path:
     prompts = list(recipe.sample.prompts)
     if not prompts:
         prompts = read_prompts(recipe.validation.prompts)
-    settings = pipeline.defaults().updated(
-        steps=recipe.sample.steps, sampler=recipe.sample.sampler,
-        guidance=recipe.sample.guidance, truncation=recipe.sample.truncation,
-    )
+    settings = SamplerSettings(pipeline.prior.sampling(recipe.sample.sampling), recipe.sample.truncation)
     result = sample(pipeline, prompts, candidates=recipe.sample.candidates, keep=recipe.sample.keep,
                     settings=settings, seed=recipe.train.seed, progress=progress)
     out = Path(recipe.sample.out) if recipe.sample.out is not None else Path(recipe.train.out) / "samples"

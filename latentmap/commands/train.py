@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from latentmap.train import TrainResult
 
 
 @click.command("train")
@@ -28,8 +31,14 @@ def command(recipe: str, overrides: tuple[str, ...], resume: bool, no_validation
     from latentmap.train import train
 
     loaded = load_recipe(recipe, overrides)
-    result = train(loaded, resume=resume, validation=not no_validation, progress=not quiet)
-    if int(os.environ.get("RANK", "0")) != 0:
+    print_training_summary(train(loaded, resume=resume, validation=not no_validation, progress=not quiet))
+
+
+def print_training_summary(result: TrainResult) -> None:
+    """One line on what training did, printed once (by rank 0 under torchrun)."""
+    from latentmap.distributed import main_process
+
+    if not main_process():
         return
     best = f", best text CLIP score {result.best_score:.4f} at step {result.best_step}" if result.best_step >= 0 else ""
     click.echo(f"trained {result.steps} steps (final loss {result.final_loss:.4f}){best}; outputs in {result.out}")
