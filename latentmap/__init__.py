@@ -9,15 +9,18 @@ from typing import Any
 
 from latentmap.errors import LatentmapError, UnknownNameError
 from latentmap.hookspecs import hookimpl
-from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
+from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior, PriorShape
 from latentmap.plugins import list_plugins, register_module
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Encoder", "Generator", "LatentSpace", "LatentmapError", "Prior", "UnknownNameError", "__version__",
+    "Encoder", "Generator", "LatentSpace", "LatentmapError", "Prior", "PriorShape", "UnknownNameError", "__version__",
     "get_encoder", "get_generator", "get_prior", "get_space", "hookimpl", "list_plugins", "register_module",
     "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
+    # the plugin API: what a plugin needs besides the contracts (docs/plugins.md, "Helpers for plugins")
+    "option", "resolve_weights", "sha256_file", "downloads_disabled", "write_atomic", "replace_atomically",
+    "identity_differences",
 ]
 
 # Heavier entry points, imported on first use so ``import latentmap`` stays light. The task modules
@@ -29,6 +32,13 @@ _LAZY = {
     "save_prior": "latentmap.checkpoint",
     "load_recipe": "latentmap.recipe",
     "build_dataset": "latentmap.data.builder",
+    "option": "latentmap.config",
+    "resolve_weights": "latentmap.weights",
+    "sha256_file": "latentmap.weights",
+    "downloads_disabled": "latentmap.weights",
+    "write_atomic": "latentmap.atomic",
+    "replace_atomically": "latentmap.atomic",
+    "identity_differences": "latentmap.identity:differences",
 }
 
 
@@ -36,7 +46,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'latentmap' has no attribute {name!r}")
 
 
@@ -44,47 +55,27 @@ def get_generator(name: str, **options: Any) -> Generator:
     """A ready generator, e.g. ``get_generator("stylegan2-ffhq", space="w3")``."""
     from latentmap.plugins import build
 
-    generator = build("generators", name, **options)
-    _remember(generator, name, options)
-    return generator
+    return build("generators", name, options=options)
 
 
 def get_encoder(name: str, **options: Any) -> Encoder:
     """A ready encoder from ``prefix:spec``, e.g. ``get_encoder("openclip:ViT-B-32/openai")``."""
     from latentmap.plugins import build
 
-    prefix, _, spec = name.partition(":")
-    encoder = build("encoders", prefix, spec, **options)
-    _remember(encoder, name, options)
-    return encoder
+    return build("encoders", name, name.partition(":")[2], options=options)
 
 
-def get_prior(name: str = "diffusion", **options: Any) -> Prior:
-    """A new (untrained) prior, e.g. ``get_prior("diffusion", latent_dim=512, tokens=3, cond_dim=512)``."""
+def get_prior(name: str = "diffusion", *, tokens: int, latent_dim: int, cond_dim: int, **options: Any) -> Prior:
+    """A new (untrained) prior, e.g. ``get_prior("diffusion", tokens=3, latent_dim=512, cond_dim=512, depth=6)``."""
+    from latentmap.interfaces import PriorShape
     from latentmap.plugins import build
 
-    return build("priors", name, **options)
+    shape = PriorShape.from_dict({"tokens": tokens, "latent_dim": latent_dim, "cond_dim": cond_dim})
+    return build("priors", name, shape, options=options)
 
 
 def get_space(name: str, *, layers: int, dim: int, **options: Any) -> LatentSpace:
     """A latent space of kind ``name`` ("w", "w3", "w+", ...) for a generator with ``layers`` style layers."""
     from latentmap.plugins import build
 
-    return build("spaces", name, layers, dim, **options)
-
-
-# Where an object runs is not part of what it is: a checkpoint made on a GPU must load on a CPU.
-PLACEMENT_OPTIONS = frozenset({"device", "dtype"})
-
-
-def _remember(obj: Any, name: str, options: dict[str, Any]) -> None:
-    """Record how an object was asked for, so identities and checkpoints can rebuild it."""
-    try:
-        obj.registry_name = name
-        obj.registry_options = {
-            k: (str(v) if not isinstance(v, (int, float, bool, str, type(None))) else v)
-            for k, v in options.items()
-            if k not in PLACEMENT_OPTIONS
-        }
-    except AttributeError:
-        pass
+    return build("spaces", name, layers, dim, options=options)

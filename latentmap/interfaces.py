@@ -8,12 +8,13 @@ latents a style-based generator consumes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from latentmap.config import build_options, no_options, options_dict
 from latentmap.errors import LatentmapError
 
 
@@ -167,25 +168,127 @@ class Encoder(ABC):
         return self
 
 
+@dataclass(frozen=True)
+class PriorShape:
+    """What a prior maps between, fixed by the dataset: (tokens, latent_dim) latents from cond_dim conditions."""
+
+    tokens: int
+    latent_dim: int
+    cond_dim: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"tokens": self.tokens, "latent_dim": self.latent_dim, "cond_dim": self.cond_dim}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PriorShape":
+        try:
+            values = {key: data[key] for key in ("tokens", "latent_dim", "cond_dim")}
+        except (KeyError, TypeError):
+            raise LatentmapError(f"a prior shape needs tokens, latent_dim and cond_dim, got {data!r}") from None
+        for key, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LatentmapError(f"prior shape: {key} must be a positive integer, got {value!r}")
+        return cls(**values)
+
+
 class Prior(torch.nn.Module, ABC):
     """A conditional generative model of latents given an embedding: embedding -> latent.
 
-    ``latents`` are always in the generator's own units (the prior normalises internally).
+    A prior declares its configuration once, as two dataclasses: ``Options`` (what the recipe's
+    ``prior:`` section sets and the checkpoint stores) and ``Sampling`` (its sampling settings and
+    their defaults: what ``sample`` takes, what the recipe's ``sampling:`` sections and the command
+    line's flags set). It is built as ``PriorClass(shape, options)``, ``shape`` coming from the data.
+
+    ``latents`` are always in the generator's own units. The base class keeps the training latents'
+    per-feature statistics (buffers ``latent_mean``/``latent_std``, shape (tokens, latent_dim)) so a
+    prior can work in z-normalised units with :meth:`normalize_latents`/:meth:`denormalize_latents`.
     """
 
     name: str = "prior"
+    Options: type = None  # type: ignore[assignment]  # set by subclasses: a dataclass
+    Sampling: type = None  # type: ignore[assignment]  # set by subclasses: a dataclass
 
+    def __init__(self, shape: PriorShape, options: Any = None) -> None:
+        super().__init__()
+        if not isinstance(shape, PriorShape):
+            raise LatentmapError(f"{type(self).__name__} needs a PriorShape first, got {shape!r}")
+        options_class = type(self).Options or no_options
+        if options is None:
+            options = build_options(options_class, {}, where=type(self).__name__)
+        elif not isinstance(options, options_class):
+            raise LatentmapError(f"{type(self).__name__} takes {options_class.__name__} options, got {type(options).__name__}")
+        self.shape = shape
+        self.options = options
+        self.register_buffer("latent_mean", torch.zeros(shape.tokens, shape.latent_dim))
+        self.register_buffer("latent_std", torch.ones(shape.tokens, shape.latent_dim))
+
+    @classmethod
+    def create(cls, **values: Any) -> "Prior":
+        """A prior from flat keywords: the shape's three sizes plus any options (notebooks, tests)."""
+        shape = PriorShape.from_dict({k: values.pop(k, None) for k in ("tokens", "latent_dim", "cond_dim")})
+        return cls(shape, build_options(cls.Options or no_options, values, where=cls.__name__, owner=f"prior {cls.name!r}"))
+
+    # -------------------------------------------------------------------------- the contract
     @abstractmethod
     def loss(self, latents: Tensor, cond: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Training loss (scalar) for latents (B, tokens, dim) given conditions (B, cond_dim)."""
 
     @abstractmethod
-    def sample(self, cond: Tensor, *, generator: torch.Generator | None = None, **options: Any) -> Tensor:
-        """Latents (B, tokens, dim) for conditions (B, cond_dim)."""
+    def sample(self, cond: Tensor, settings: Any = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """Latents (B, tokens, dim) in generator units for conditions (B, cond_dim); ``settings`` a ``Sampling``."""
+
+    # -------------------------------------------------------------------------- provided
+    def sampling(self, base: Any = None, *, where: str = "sampling settings", **changes: Any) -> Any:
+        """This prior's ``Sampling`` settings: ``base`` (default: the declared defaults) with ``changes``, validated."""
+        values = options_dict(base) if base is not None else {}
+        values.update(changes)
+        return build_options(type(self).Sampling or no_options, values, where=where, owner=f"prior {self.name!r}")
+
+    @property
+    def normalizes_conditions(self) -> bool:
+        """True if the prior compares conditions by direction only (unit length inside the model)."""
+        return False
+
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store the training latents' per-feature mean and std (anything reshapeable to (tokens, latent_dim))."""
+        shape = (self.shape.tokens, self.shape.latent_dim)
+        for label, value in (("mean", mean), ("std", std)):
+            if value.numel() != shape[0] * shape[1]:
+                raise LatentmapError(f"latent {label} has shape {tuple(value.shape)}, expected {shape}")
+        std = std.reshape(shape).to(self.latent_std)
+        if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
+            raise LatentmapError("latent std must be finite and positive in every feature")
+        self.latent_mean.copy_(mean.reshape(shape).to(self.latent_mean))
+        self.latent_std.copy_(std)
+
+    def normalize_latents(self, latents: Tensor) -> Tensor:
+        """Generator units -> z-normalised units (per feature, with the stored statistics)."""
+        return (latents - self.latent_mean) / self.latent_std
+
+    def denormalize_latents(self, latents: Tensor) -> Tensor:
+        """z-normalised units -> generator units."""
+        return latents * self.latent_std + self.latent_mean
+
+    def check_latents(self, latents: Tensor) -> None:
+        """Raise a clear error unless ``latents`` is (B, tokens, latent_dim)."""
+        s = self.shape
+        if latents.ndim != 3 or latents.shape[1] != s.tokens or latents.shape[2] != s.latent_dim:
+            raise LatentmapError(f"prior expects latents of shape (B, {s.tokens}, {s.latent_dim}), got {tuple(latents.shape)}")
+
+    def check_cond(self, cond: Tensor, batch: int | None = None) -> None:
+        """Raise a clear error unless ``cond`` is (B, cond_dim) (and B == ``batch`` if given)."""
+        if cond.ndim != 2 or cond.shape[1] != self.shape.cond_dim:
+            raise LatentmapError(
+                f"condition has shape {tuple(cond.shape)}, but this prior expects (B, {self.shape.cond_dim}) "
+                f"embeddings (was it trained with a different encoder?)"
+            )
+        if batch is not None and cond.shape[0] != batch:
+            raise LatentmapError(f"{cond.shape[0]} conditions for {batch} latents")
 
     def config_dict(self) -> dict[str, Any]:
-        """The constructor options, JSON-ready, so a checkpoint can rebuild the prior."""
-        return {}
+        """Registered name, shape and options, JSON-ready: what a checkpoint needs to rebuild the prior."""
+        return {"name": getattr(self, "registry_name", self.name), "shape": self.shape.to_dict(),
+                "options": options_dict(self.options)}
 
 
 @dataclass
@@ -196,4 +299,5 @@ class Registration:
     factory: Any
     plugin: str
     description: str = ""
-    options: dict[str, str] = field(default_factory=dict)
+    options: type | None = None  # the dataclass declaring the factory's options (None: it takes none)
+    sampling: type | None = None  # priors: the dataclass of their sampling settings

@@ -1,33 +1,17 @@
-"""Values users type on the command line or in recipes: ``KEY=VALUE`` plugin options and device names.
+"""Device names users type on the command line or in recipes.
 
-One reading for every command, so ``--generator-option truncation=0.7`` and ``--device auto`` mean
-the same thing in build-data, train, sample, edit and optimize.
+One reading for every command, so ``--device auto`` means the same thing in build-data, train,
+sample, edit and optimize. (``KEY=VALUE`` options are read by :func:`latentmap.config.parse_pairs`.)
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
-import yaml
 
 from latentmap.errors import LatentmapError
 
-__all__ = ["parse_options", "resolve_device"]
-
-
-def parse_options(pairs: tuple[str, ...] | list[str] | None, *, flag: str = "--option") -> dict[str, Any]:
-    """``["weights=/w/ffhq.pkl", "truncation=0.7"]`` -> dict, values read as YAML scalars (numbers, booleans)."""
-    options: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise LatentmapError(f"bad {flag} {pair!r}: expected KEY=VALUE")
-        try:
-            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = value
-    return options
+__all__ = ["resolve_device"]
 
 
 def resolve_device(name: str | torch.device | None, local_rank: int = 0) -> torch.device:

@@ -13,6 +13,7 @@ Environment:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import pluggy
 
 from latentmap import hookspecs
+from latentmap.config import build_options, identity_options, no_options, recorded_options
 from latentmap.errors import LatentmapError, UnknownNameError
 from latentmap.interfaces import Registration
 
@@ -39,6 +41,10 @@ KINDS = {
     "spaces": "register_spaces",
 }
 SINGULAR = {"generators": "generator", "encoders": "encoder", "priors": "prior", "spaces": "space"}
+
+# The core's own components: registered first and always, whatever LATENTMAP_LOAD_PLUGINS says
+# (that variable restricts only the optional, entry-point plugins).
+CORE_PLUGINS = {"latentmap.spaces": "spaces", "latentmap.prior.plugin": "diffusion"}  # module -> plugin name
 
 
 @dataclass
@@ -81,9 +87,8 @@ class PluginManager:
             if self._loaded:
                 return
             self._loaded = True
-            from latentmap import spaces
-
-            self.add_module(spaces, name="latentmap", distribution="latentmap")
+            for module_name, plugin_name in CORE_PLUGINS.items():
+                self.add_module(importlib.import_module(module_name), name=plugin_name, distribution="latentmap")
             allowed = _env_list(LOAD_ENV)
             for ep in _entry_points():
                 if allowed is not None and ep.name not in allowed:
@@ -164,7 +169,7 @@ class PluginManager:
                 name: str,
                 factory: Callable[..., Any],
                 description: str = "",
-                options: dict[str, str] | None = None,
+                options: type | None = None,
                 *,
                 _plugin: str = plugin_name,
             ) -> None:
@@ -173,13 +178,15 @@ class PluginManager:
                         f"{SINGULAR[kind]} name {name!r} is registered by two plugins: "
                         f"{found[name].plugin!r} and {_plugin!r}; uninstall one or restrict with {LOAD_ENV}"
                     )
-                found[name] = Registration(name, factory, _plugin, description, dict(options or {}))
+                found[name] = _registration(kind, name, factory, _plugin, description, options)
 
             try:
                 impl.function(register=register)
             except LatentmapError:
                 raise
             except Exception as exc:
+                if info is not None and info.module in CORE_PLUGINS:
+                    raise  # the core's own registrations failing is a bug, never a plugin to skip
                 if info is not None:
                     info.errors.append(f"{hook_name} failed: {type(exc).__name__}: {exc}")
         return found
@@ -270,14 +277,46 @@ def registrations(kind: str) -> dict[str, Registration]:
     return get_plugin_manager().registry(kind)
 
 
-def build(kind: str, name: str, *args: Any, **options: Any) -> Any:
-    """Resolve ``name`` and call its factory, turning unknown options into a clear error."""
-    registration = get_plugin_manager().resolve(kind, name)
-    declared = registration.options
-    if declared:
-        unknown = sorted(set(options) - set(declared))
-        if unknown:
-            raise LatentmapError(
-                f"{SINGULAR[kind]} {name!r} has no option {unknown[0]!r}; options: {', '.join(sorted(declared))}"
-            )
-    return registration.factory(*args, **options)
+def _registration(kind: str, name: str, factory: Any, plugin: str, description: str, options: Any) -> Registration:
+    """Check what a plugin registered: options must be a dataclass (a prior class brings its own)."""
+    options = options if options is not None else getattr(factory, "Options", None)
+    if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"{SINGULAR[kind]} {name!r}: options must be a dataclass declaring them, got {options!r}")
+    sampling = getattr(factory, "Sampling", None) if kind == "priors" else None
+    if kind == "priors" and not (isinstance(sampling, type) and dataclasses.is_dataclass(sampling)):
+        raise TypeError(f"prior {name!r}: register a Prior subclass whose Sampling is a dataclass of its sampling settings")
+    return Registration(name, factory, plugin, description, options, sampling)
+
+
+def resolve(kind: str, name: str) -> Registration:
+    """The registration of ``name`` (for encoders, the prefix before ``:``), or a one-line error."""
+    return get_plugin_manager().resolve(kind, name.partition(":")[0] if kind == "encoders" else name)
+
+
+def validate_options(kind: str, name: str, values: Any, *, where: str) -> Any:
+    """``values`` (a mapping, or already the declared dataclass) checked against what ``name`` declares."""
+    registration = resolve(kind, name)
+    declared = registration.options or no_options
+    if isinstance(values, declared):
+        return values
+    return build_options(declared, values, where=where, owner=f"{SINGULAR[kind]} {name!r}")
+
+
+def build(kind: str, name: str, *args: Any, options: Any = None, where: str = "") -> Any:
+    """Resolve ``name``, validate ``options`` against its declaration and call ``factory(*args, options)``.
+
+    A factory that declares no options is called as ``factory(*args)`` and refuses any. The object
+    remembers how it was asked for (``registry_name``, ``registry_options`` without placement,
+    ``registry_identity_options``), so identities and checkpoints can compare and rebuild it.
+    """
+    registration = resolve(kind, name)
+    validated = validate_options(kind, name, options, where=where)
+    declared = registration.options is not None
+    made = registration.factory(*args, validated) if declared else registration.factory(*args)
+    try:
+        made.registry_name = name
+        made.registry_options = recorded_options(validated) if declared else {}
+        made.registry_identity_options = identity_options(validated) if declared else {}
+    except AttributeError:  # immutable objects (a LatentSpace) carry no record
+        pass
+    return made

@@ -7,7 +7,9 @@ belong to the core; a plugin can register other kinds through ``register_spaces`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from latentmap.config import option
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import LatentSpace
 
@@ -30,8 +32,17 @@ def w3_split(layers: int) -> tuple[int, int, int]:
     return coarse, middle, layers - coarse - middle
 
 
-def w3_space(layers: int, dim: int, split: Sequence[int] | None = None) -> LatentSpace:
+@dataclass
+class W3Options:
+    """Options of the ``w3`` space."""
+
+    split: list[int] | None = option(None, help="layer counts of the coarse, middle and fine tokens, e.g. 4,4,10 "
+                                                  "(default: (4, 4, 10) for 18 layers, the same proportions elsewhere)")
+
+
+def w3_space(layers: int, dim: int, split: Sequence[int] | W3Options | None = None) -> LatentSpace:
     """Three independent latents for coarse, middle and fine layers."""
+    split = split.split if isinstance(split, W3Options) else split
     repeats = tuple(int(s) for s in split) if split is not None else w3_split(layers)
     if len(repeats) != 3 or sum(repeats) != layers or min(repeats) < 1:
         raise LatentmapError(
@@ -46,10 +57,9 @@ def w_plus_space(layers: int, dim: int) -> LatentSpace:
 
 
 BUILTIN_SPACES = {
-    "w": (w_space, "one latent repeated over every style layer (paper default)", {}),
-    "w3": (w3_space, "three latents: coarse, middle, fine layers ((4, 4, 10) for 18 layers)",
-           {"split": "layer counts per token, e.g. 4,4,10"}),
-    "w+": (w_plus_space, "one latent per style layer", {}),
+    "w": (w_space, "one latent repeated over every style layer (paper default)", None),
+    "w3": (w3_space, "three latents: coarse, middle, fine layers ((4, 4, 10) for 18 layers)", W3Options),
+    "w+": (w_plus_space, "one latent per style layer", None),
 }
 
 

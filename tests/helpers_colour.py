@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import latentmap
+from latentmap.config import build_options, option
 from latentmap.hookspecs import hookimpl
 from latentmap.interfaces import Encoder, Generator
 
@@ -42,14 +44,23 @@ NAMES = tuple(PALETTE)
 PALETTE_RGB = torch.tensor([PALETTE[n] for n in NAMES])
 
 
+@dataclass
+class ColourGeneratorOptions:
+    """Options of the ``colour-test`` generator."""
+
+    space: str = option("w", help="w, w3 or w+")
+
+
 class ColourGenerator(Generator):
     """Latents -> two-colour 8x8 images: top half from layers 0-1, bottom half from layers 2-3."""
 
     name = "colour-test"
     resolution = 8
 
-    def __init__(self, space: str = "w") -> None:
-        self.space = latentmap.get_space(space, layers=LAYERS, dim=DIM)
+    def __init__(self, options: ColourGeneratorOptions | None = None, **values: Any) -> None:
+        """``options`` as the registry validated them, or keywords (``ColourGenerator(space="w3")``)."""
+        options = options or build_options(ColourGeneratorOptions, values, where="ColourGenerator")
+        self.space = latentmap.get_space(options.space, layers=LAYERS, dim=DIM)
         self._device = torch.device("cpu")
 
     def sample_latents(self, n: int, *, generator: torch.Generator) -> Tensor:
@@ -94,7 +105,7 @@ class ColourEncoder(Encoder):
     name = "colour-test"
     embed_dim = 3
 
-    def __init__(self, spec: str = "") -> None:
+    def __init__(self, spec: str) -> None:
         self._device = torch.device("cpu")
 
     def embed_image(self, images: Tensor, *, normalize: bool = False) -> Tensor:
@@ -121,7 +132,7 @@ class ColourEncoder(Encoder):
 @hookimpl
 def register_generators(register: Any) -> None:
     register("colour-test", ColourGenerator, description="two-colour 8x8 test world (4 layers of 4-d latents)",
-             options={"space": "w, w3 or w+"})
+             options=ColourGeneratorOptions)
 
 
 @hookimpl
@@ -174,8 +185,8 @@ def train_colour_checkpoint(path: Path, space: str = "w3", steps: int = 300) -> 
     latents = generator.sample_latents(8192, generator=rng)
     embeddings = encoder.embed_image(generator.synthesize(latents))
     torch.manual_seed(0)
-    prior = DiffusionPrior(latent_dim=DIM, tokens=generator.space.tokens, cond_dim=3, dim=32, depth=2, heads=2,
-                           dim_head=16, timesteps=100)
+    prior = DiffusionPrior.create(latent_dim=DIM, tokens=generator.space.tokens, cond_dim=3, dim=32, depth=2, heads=2,
+                                  dim_head=16, timesteps=100)
     prior.set_latent_stats(latents.mean(0), latents.std(0))
     optimizer = torch.optim.AdamW(prior.parameters(), lr=2e-3)
     for _ in range(steps):
@@ -189,8 +200,8 @@ def train_colour_checkpoint(path: Path, space: str = "w3", steps: int = 300) -> 
         "encoder": encoder.identity(),
         "generator": generator.identity(),
         "space": generator.space.to_dict(),
-        "recipe": {"sample": {"candidates": 8, "keep": 2, "steps": 10, "sampler": "ddim", "guidance": 1.0,
-                              "truncation": 1.0}},
+        "recipe": {"sample": {"candidates": 8, "keep": 2, "truncation": 1.0,
+                              "sampling": {"steps": 10, "sampler": "ddim", "guidance": 1.0}}},
     })
     return path
 

@@ -17,6 +17,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import latentmap
+from latentmap.config import option
 from latentmap.hookspecs import hookimpl
 from latentmap.interfaces import Encoder, Generator
 
@@ -37,30 +39,35 @@ def _weights_digest(tensors: list[Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass
+class TinyGeneratorOptions:
+    """Options of the ``tiny-test`` generator."""
+
+    space: str = option("w", help="w, w3 or w+")
+    dim: int = option(8, min=1, help="latent size")
+    resolution: int = option(16, min=4, help="image size, 4 times a power of two")
+    channels: int = option(8, min=1, help="feature channels")
+    weights_seed: int = option(0, help="seed of the fixed random weights")
+    delay: float = option(0.0, min=0, identity=False,
+                          help="seconds to sleep per synthesize call (tests that interrupt a build)")
+
+
 class TinyGenerator(Generator):
     """A miniature style-based generator with fixed random weights."""
 
     name = "tiny-test"
 
-    def __init__(
-        self,
-        space: str = "w",
-        dim: int = 8,
-        resolution: int = 16,
-        channels: int = 8,
-        weights_seed: int = 0,
-        delay: float = 0.0,
-    ):
-        self.space = latentmap.get_space(space, layers=LAYERS, dim=int(dim))
-        self.resolution = int(resolution)
-        self.channels = int(channels)
-        self.weights_seed = int(weights_seed)
-        self.delay = float(delay)  # seconds per synthesize call: makes builds slow enough to interrupt
+    def __init__(self, options: TinyGeneratorOptions):
+        self.space = latentmap.get_space(options.space, layers=LAYERS, dim=options.dim)
+        self.resolution = options.resolution
+        self.channels = options.channels
+        self.weights_seed = options.weights_seed
+        self.delay = options.delay  # seconds per synthesize call: makes builds slow enough to interrupt
         self.upsamplings = int(round(math.log2(self.resolution / 4)))
         if 4 * 2**self.upsamplings != self.resolution:
-            raise latentmap.LatentmapError(f"tiny-test resolution must be 4 times a power of two, got {resolution}")
+            raise latentmap.LatentmapError(f"tiny-test resolution must be 4 times a power of two, got {self.resolution}")
         g = torch.Generator().manual_seed(self.weights_seed)
-        c, d = self.channels, int(dim)
+        c, d = self.channels, options.dim
         self.params = {
             "map1": torch.randn(d, d, generator=g) / math.sqrt(d),
             "map2": torch.randn(d, d, generator=g) / math.sqrt(d),
@@ -118,6 +125,13 @@ class TinyGenerator(Generator):
         return self
 
 
+@dataclass
+class TinyEncoderOptions:
+    """Options of the ``tiny-test`` encoders (the spec after ``tiny-test:`` is the embedding size)."""
+
+    weights_seed: int = option(0, help="seed of the fixed random weights")
+
+
 class TinyEncoder(Encoder):
     """A fixed random image/text embedder with ``embed_dim`` outputs (default 16)."""
 
@@ -125,9 +139,9 @@ class TinyEncoder(Encoder):
     PIXELS = 8
     TEXT_FEATURES = 256
 
-    def __init__(self, spec: str = "", weights_seed: int = 0):
+    def __init__(self, spec: str, options: TinyEncoderOptions):
         self.embed_dim = int(spec) if spec else 16
-        self.weights_seed = int(weights_seed)
+        self.weights_seed = options.weights_seed
         g = torch.Generator().manual_seed(1000 + self.weights_seed)
         inputs = 3 * self.PIXELS * self.PIXELS
         self.params = {
@@ -172,29 +186,14 @@ class TinyEncoder(Encoder):
 
 @hookimpl
 def register_generators(register) -> None:
-    register(
-        "tiny-test",
-        TinyGenerator,
-        description="tiny random style-based generator for tests (16x16, 4 layers of 8-d latents)",
-        options={
-            "space": "w, w3 or w+",
-            "dim": "latent size (default 8)",
-            "resolution": "image size, 4 times a power of two (default 16)",
-            "channels": "feature channels (default 8)",
-            "weights_seed": "seed of the fixed random weights (default 0)",
-            "delay": "seconds to sleep per synthesize call (tests that interrupt a build)",
-        },
-    )
+    register("tiny-test", TinyGenerator, options=TinyGeneratorOptions,
+             description="tiny random style-based generator for tests (16x16, 4 layers of 8-d latents)")
 
 
 @hookimpl
 def register_encoders(register) -> None:
-    register(
-        "tiny-test",
-        TinyEncoder,
-        description="tiny random image/text embedder for tests (tiny-test:DIM, default 16)",
-        options={"weights_seed": "seed of the fixed random weights (default 0)"},
-    )
+    register("tiny-test", TinyEncoder, options=TinyEncoderOptions,
+             description="tiny random image/text embedder for tests (tiny-test:DIM, default 16)")
 
 
 @contextlib.contextmanager

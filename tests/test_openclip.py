@@ -138,12 +138,16 @@ def test_bad_inputs_and_options_are_one_line_errors(tiny, tiny_dir):
         tiny.embed_image(torch.zeros(3, 32, 32))
     with pytest.raises(LatentmapError, match="float images"):
         tiny.embed_image(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
-    with pytest.raises(LatentmapError, match="dtype='float8'"):
+    with pytest.raises(LatentmapError, match="option 'dtype' must be one of float32, float16, bfloat16; got 'float8'"):
         OpenClipEncoder(str(tiny_dir / "tiny.json"), dtype="float8")
-    with pytest.raises(LatentmapError, match="preprocess='bilinear-magic'"):
+    with pytest.raises(LatentmapError, match="option 'preprocess' must be one of openclip, clip2latent-double-norm; got 'bilinear-magic'"):
         OpenClipEncoder(str(tiny_dir / "tiny.json"), preprocess="bilinear-magic")
+    with pytest.raises(LatentmapError, match="option 'batch_size' must be >= 1, got 0"):
+        latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}", batch_size=0)
     with pytest.raises(LatentmapError, match="has no option 'colour'"):
         latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}", colour="red")
+    with pytest.raises(LatentmapError, match=r"encoder 'openclip:.*tiny.json' has no option 'text_batchsize' \(did you mean 'text_batch_size'\?\)"):
+        latentmap.get_encoder(f"openclip:{tiny_dir / 'tiny.json'}", text_batchsize=8)
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -248,7 +252,10 @@ def test_at_file_spec_loads_the_weights(tiny, tiny_dir, tiny_weights):
     assert identity["weights_sha256"] == sha256_file(tiny_weights)
     assert identity["name"] == f"openclip:{tiny_dir / 'tiny.json'}@{tiny_weights}"
     # enough to rebuild it from a checkpoint; device and dtype belong to the machine, not the model
-    assert identity["options"] == {"seed": 1}
+    assert identity["options"]["seed"] == 1 and identity["options"]["batch_size"] == 64
+    assert "device" not in identity["options"] and "dtype" not in identity["options"]
+    assert "batch_size" not in loaded.registry_identity_options  # how fast it runs is not what it computes
+    assert loaded.registry_identity_options["seed"] == 1
 
 
 def test_weights_option_and_pt_files(tiny, tiny_dir, tmp_path):
@@ -392,7 +399,7 @@ def test_builtin_architecture_with_a_local_file(monkeypatch, tiny, tiny_weights)
     torch.testing.assert_close(loaded.embed_image(images), tiny.embed_image(images))
     torch.testing.assert_close(loaded.embed_text(PROMPTS), tiny.embed_text(PROMPTS))
     assert loaded.identity()["arch"] == "latentmap-test-tiny" and loaded.identity()["quick_gelu"] is False
-    quick = OpenClipEncoder(f"latentmap-test-tiny@{tiny_weights}", quick_gelu="true", device="cpu")
+    quick = OpenClipEncoder(f"latentmap-test-tiny@{tiny_weights}", quick_gelu=True, device="cpu")
     assert quick.identity()["quick_gelu"] is True
     assert (quick.embed_image(images) - tiny.embed_image(images)).abs().max() > 1e-3  # another activation really ran
 

@@ -65,7 +65,7 @@ def test_example_plugin_is_listed_and_loads_through_get_generator(example_dist: 
     env = dict(os.environ, PYTHONPATH=str(example_dist))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(2, 3, 16, 16) {'resolution': 16} True"
+    assert out.stdout.strip() == "(2, 3, 16, 16) {'resolution': 16, 'space': 'w'} True"
 
 
 def test_broken_plugin_is_reported_and_does_not_break_the_cli(tmp_path: Path, example_dist: Path) -> None:
@@ -87,19 +87,25 @@ def test_broken_plugin_is_reported_and_does_not_break_the_cli(tmp_path: Path, ex
     assert "broken: import failed: RuntimeError: boom at import" in out.stderr
 
 
-def test_plugin_whose_hook_raises_is_reported(tmp_path: Path) -> None:
-    source = """
+@pytest.mark.parametrize("body, reported", [
+    ('raise ValueError("hook exploded")', "register_generators failed: ValueError: hook exploded"),
+    # options are declared as a dataclass; the old dict of help texts is refused, naming the generator
+    ('register("dicty", object, options={"resolution": "image size"})',
+     "register_generators failed: TypeError: generator 'dicty': options must be a dataclass declaring them"),
+])
+def test_plugin_whose_hook_raises_is_reported(tmp_path: Path, body: str, reported: str) -> None:
+    source = f"""
         import latentmap
 
         @latentmap.hookimpl
         def register_generators(register):
-            raise ValueError("hook exploded")
+            {body}
     """
     root = make_distribution(tmp_path, "latentmap-badhook", {"badhook": "latentmap_badhook"},
                              {"latentmap_badhook": source})
     plugins = run_cli(["plugins"], root)
     assert plugins.returncode == 0
-    assert "register_generators failed: ValueError: hook exploded" in plugins.stdout
+    assert reported in plugins.stdout
 
 
 def test_two_plugins_registering_one_name_name_both(tmp_path: Path) -> None:
@@ -128,14 +134,21 @@ def test_unknown_name_lists_available_and_suggests(example_dist: Path) -> None:
 def test_restricting_plugins_with_env_var(example_dist: Path) -> None:
     result = run_cli(["plugins"], example_dist, env={"LATENTMAP_LOAD_PLUGINS": "gradients"})
     names = [line.split()[0] for line in result.stdout.splitlines() if line and not line.startswith(" ")]
-    assert names == ["latentmap", "gradients"]
+    assert names == ["spaces", "diffusion", "gradients"]  # the core's own always register
+
+
+def test_core_components_register_whatever_the_env_var_says(example_dist: Path) -> None:
+    """The example from docs/plugins.md: restricting optional plugins never loses the core's prior or spaces."""
+    for listed, expected in (("priors", "diffusion"), ("spaces", "w3")):
+        result = run_cli(["list", listed], example_dist, env={"LATENTMAP_LOAD_PLUGINS": "openclip,stylegan"})
+        assert result.returncode == 0 and expected in result.stdout and "no " not in result.stdout
 
 
 def test_unknown_option_is_named(example_dist: Path) -> None:
     code = "import latentmap; latentmap.get_generator('gradients', resolutoin=8)"
     env = dict(os.environ, PYTHONPATH=str(example_dist))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert "generator 'gradients' has no option 'resolutoin'; options: resolution, space" in out.stderr
+    assert "generator 'gradients' has no option 'resolutoin' (did you mean 'resolution'?)" in out.stderr
 
 
 def test_version_and_help() -> None:
@@ -154,7 +167,8 @@ def test_builtin_plugins_are_entry_points() -> None:
     from importlib import metadata
 
     names = {ep.name for ep in metadata.entry_points(group="latentmap")}
-    assert {"openclip", "stylegan", "shapes", "diffusion"} <= names
+    assert {"openclip", "stylegan", "shapes"} <= names
+    assert "diffusion" not in names  # the core's prior is registered by the core itself, always
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

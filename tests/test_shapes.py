@@ -9,6 +9,7 @@ import pytest
 import torch
 from matplotlib.path import Path as PolygonPath
 
+import latentmap
 from latentmap.errors import LatentmapError
 from latentmap_shapes import (
     COLOURS, POSITIONS, SHAPES, attribute_names, decision_margins, decode_attributes, describe,
@@ -223,11 +224,15 @@ def test_describe_writes_canonical_captions():
 
 
 def test_generator_options_are_checked():
-    from latentmap_shapes import make_generator
-
-    assert make_generator(resolution=32).synthesize(torch.zeros(1, 3, 8)).shape == (1, 3, 32, 32)
-    with pytest.raises(LatentmapError, match="space='w3'"):
-        make_generator(space="w3")
+    small = latentmap.get_generator("shapes", resolution=32)
+    assert small.synthesize(torch.zeros(1, 3, 8)).shape == (1, 3, 32, 32)
+    assert small.registry_options == {"resolution": 32, "space": None}
+    with pytest.raises(LatentmapError, match="option 'space' must be one of shapes; got 'w3'"):
+        latentmap.get_generator("shapes", space="w3")
+    with pytest.raises(LatentmapError, match=r"option 'resolution' must be >= 16, got 8"):
+        latentmap.get_generator("shapes", resolution=8)
+    with pytest.raises(LatentmapError, match=r"has no option 'resolutoin' \(did you mean 'resolution'\?\)"):
+        latentmap.get_generator("shapes", resolutoin=32)
     with pytest.raises(LatentmapError, match=r"\(B, 3, 8\)"):
         ShapesGenerator().synthesize(torch.zeros(2, 1, 8))
 

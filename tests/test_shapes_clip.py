@@ -50,6 +50,18 @@ def test_registered_under_its_prefix():
     assert generator.resolution == 64 and generator.space.tokens == 3
 
 
+def test_encoder_options_are_declared_once():
+    import latentmap
+    from latentmap.weights import sha256_file
+
+    encoder = latentmap.get_encoder("shapes-clip", device="cpu")
+    assert encoder.registry_options == {"weights": None}  # device is placement: never recorded
+    assert encoder.registry_identity_options == {}  # a weights location is not identity; its checksum is
+    assert encoder.identity()["weights_sha256"] == sha256_file(DEFAULT_WEIGHTS)
+    with pytest.raises(LatentmapError, match=r"encoder 'shapes-clip' has no option 'weigths' \(did you mean 'weights'\?\)"):
+        latentmap.get_encoder("shapes-clip", weigths=str(DEFAULT_WEIGHTS))
+
+
 def test_zero_shot_accuracy_stays_above_the_measured_floor(encoder):
     report = zero_shot_report(encoder, samples=512)
     low = {task: round(report[task], 3) for task, floor in FLOORS.items() if report[task] < floor}

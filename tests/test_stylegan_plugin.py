@@ -195,6 +195,28 @@ def test_identity_names_weights_space_and_truncation(converted):
     json.dumps(identity)  # must be JSON-ready for manifests and checkpoints
 
 
+def test_options_are_declared_once_recorded_without_placement(converted):
+    gen = make_generator(converted, space="w3", split="3,3,2", dtype="bfloat16")
+    assert gen.space.repeats == (3, 3, 2) and gen.dtype_name == "bfloat16"
+    assert gen.registry_options == {"weights": str(converted), "space": "w3", "split": [3, 3, 2], "truncation": 1.0,
+                                    "network": "G_ema", "noise_mode": "const"}  # no device, no dtype
+    assert "weights" not in gen.registry_identity_options  # where the file lies is not what it is
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("stylegan2", {"truncaton": 0.7}, r"generator 'stylegan2' has no option 'truncaton' \(did you mean 'truncation'\?\)"),
+    ("stylegan2-ffhq", {"cachedir": "/x"}, r"generator 'stylegan2-ffhq' has no option 'cachedir' \(did you mean 'cache_dir'\?\)"),
+    ("stylegan3", {"noise_mode": "loud"}, r"option 'noise_mode' must be one of const, random, none; got 'loud'"),
+    ("stylegan2", {"dtype": "float64"}, r"option 'dtype' must be one of float32, bfloat16, float16; got 'float64'"),
+    ("stylegan2", {"space": "w4"}, r"option 'space' must be one of w, w\+, w3; got 'w4'"),
+    ("stylegan2", {"split": "4,x,4"}, r"option 'split'?\[1\]'? must be an integer, got 'x'"),
+])
+def test_bad_options_are_one_line_errors_before_any_weights_load(tmp_path, name, options, message):
+    with pytest.raises(LatentmapError, match=message) as info:
+        latentmap.get_generator(name, weights=str(tmp_path / "absent.pkl"), **options)
+    assert "\n" not in str(info.value)
+
+
 def test_pickle_loader_and_adapter_agree_on_layers(network_pkl):
     loaded = load_network_pickle(network_pkl)
     gen = StyleGANGenerator(loaded.network, name="x", device="cpu")

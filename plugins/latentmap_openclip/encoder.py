@@ -16,21 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentmap.config import build_options
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Encoder
 from latentmap.weights import sha256_file
 
+from latentmap_openclip import OpenClipOptions
 from latentmap_openclip.loading import LoadedModel, load_model
-from latentmap_openclip.preprocess import (
-    PREPROCESS_MODES,
-    Clip2LatentPreprocess,
-    OpenClipPreprocess,
-    check_images,
-)
+from latentmap_openclip.preprocess import Clip2LatentPreprocess, OpenClipPreprocess, check_images
 from latentmap_openclip.spec import EncoderSpec, parse_spec
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class OpenClipEncoder(Encoder):
@@ -40,34 +34,22 @@ class OpenClipEncoder(Encoder):
     norm. They are returned in float32 on the encoder's device whatever ``dtype`` the model runs in.
     """
 
-    def __init__(
-        self,
-        spec: str | None = None,
-        *,
-        weights: str | None = None,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "float32",
-        autocast: bool | str | None = None,
-        preprocess: str = "openclip",
-        presize: int | str | None = None,
-        batch_size: int | str = 64,
-        text_batch_size: int | str = 256,
-        cache_dir: str | None = None,
-        quick_gelu: bool | str | None = None,
-        seed: int | str = 0,
-    ) -> None:
-        self.spec: EncoderSpec = parse_spec(spec, weights=weights)
+    def __init__(self, spec: str | None = None, options: OpenClipOptions | None = None, **values: Any) -> None:
+        """``options`` as the registry validated them, or the same as keywords (``device="cpu"``)."""
+        if options is None:
+            options = build_options(OpenClipOptions, values, where="OpenClipEncoder", owner="encoder 'openclip'")
+        elif values:
+            raise TypeError("OpenClipEncoder takes options or keyword options, not both")
+        self.spec: EncoderSpec = parse_spec(spec, weights=options.weights)
         self.name = f"openclip:{self.spec.text}"
-        if preprocess not in PREPROCESS_MODES:
-            raise LatentmapError(f"openclip option preprocess={preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
-        self.preprocess_mode = preprocess
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.text_batch_size = _positive_int(text_batch_size, "text_batch_size")
-        self._dtype = _parse_dtype(dtype)
-        self._autocast_option = _parse_bool(autocast, "autocast")
+        self.preprocess_mode = options.preprocess
+        self.batch_size = options.batch_size
+        self.text_batch_size = options.text_batch_size
+        self._dtype = getattr(torch, options.dtype)
+        self._autocast_option = options.autocast
 
-        loaded: LoadedModel = load_model(self.spec, cache_dir=cache_dir, quick_gelu=_parse_bool(quick_gelu, "quick_gelu"),
-                                         seed=int(seed))
+        loaded: LoadedModel = load_model(self.spec, cache_dir=options.cache_dir, quick_gelu=options.quick_gelu,
+                                         seed=options.seed)
         self.model = loaded.model.to(dtype=self._dtype)
         self.tokenizer = loaded.tokenizer
         self._loaded = loaded
@@ -75,17 +57,17 @@ class OpenClipEncoder(Encoder):
 
         base = OpenClipPreprocess.from_config(loaded.preprocess_cfg)
         self.image_size: tuple[int, int] = base.size
-        if preprocess == "clip2latent-double-norm":
+        if options.preprocess == "clip2latent-double-norm":
             self.preprocess_images = Clip2LatentPreprocess(
                 size=base.size, mean=tuple(open_clip.OPENAI_DATASET_MEAN), std=tuple(open_clip.OPENAI_DATASET_STD),
-                presize=_positive_int(presize, "presize") if presize not in (None, "", 0, "0") else None,
+                presize=options.presize,
             )
         else:
-            if presize not in (None, "", 0, "0"):
+            if options.presize is not None:
                 raise LatentmapError("openclip option presize only applies to preprocess='clip2latent-double-norm'")
             self.preprocess_images = base
         self._device = torch.device("cpu")
-        self.to(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.to(options.device if options.device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # ------------------------------------------------------------------------------------------ Encoder API
 
@@ -180,35 +162,3 @@ def _embed_dim(model: torch.nn.Module) -> int:
     if isinstance(projection, torch.Tensor):
         return int(projection.shape[-1])
     raise LatentmapError(f"cannot tell the embedding size of open_clip model {type(model).__name__}")
-
-
-def _parse_dtype(value: str | torch.dtype) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    key = str(value).lower().removeprefix("torch.")
-    if key not in DTYPES:
-        raise LatentmapError(f"openclip option dtype={value!r} is not one of float32, float16, bfloat16")
-    return DTYPES[key]
-
-
-def _parse_bool(value: bool | str | None, key: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    if text in {"", "auto", "none"}:
-        return None
-    raise LatentmapError(f"openclip option {key}={value!r} is not a boolean (true/false)")
-
-
-def _positive_int(value: int | str | None, key: str) -> int:
-    try:
-        number = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise LatentmapError(f"openclip option {key}={value!r} is not an integer") from None
-    if number <= 0:
-        raise LatentmapError(f"openclip option {key}={value!r} must be positive")
-    return number

@@ -12,11 +12,13 @@ See docs/shapes.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from latentmap.errors import LatentmapError
+from latentmap.config import option
 from latentmap.hookspecs import hookimpl
 from latentmap_shapes.captions import describe, describe_batch, read_prompt
+from latentmap_shapes.generator import DEFAULT_RESOLUTION, MAX_RESOLUTION, MIN_RESOLUTION, ShapesGenerator
 from latentmap_shapes.layout import SPACE, decision_margins, decode_attributes, latents_with_attributes
 from latentmap_shapes.renderer import RENDERER_VERSION
 from latentmap_shapes.vocabulary import (
@@ -25,28 +27,40 @@ from latentmap_shapes.vocabulary import (
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "POSITIONS", "RENDERER_VERSION", "SHAPES", "SIZES", "SPACE", "VOCABULARY",
+    "ShapesClipOptions", "ShapesGeneratorOptions",
     "attribute_names", "class_index", "decision_margins", "decode_attributes", "describe", "describe_batch",
     "latents_with_attributes", "make_encoder", "make_generator", "read_prompt",
 ]
 
 
-def make_generator(resolution: int = 64, space: str | None = None) -> Any:
+@dataclass
+class ShapesGeneratorOptions:
+    """Options of the ``shapes`` generator."""
+
+    resolution: int = option(DEFAULT_RESOLUTION, min=MIN_RESOLUTION, max=MAX_RESOLUTION, help="image size in pixels")
+    space: str | None = option(None, choices=(SPACE.name,),
+                               help=f"its one latent space, {SPACE.name!r} (3 tokens x 8, one token per layer)")
+
+
+@dataclass
+class ShapesClipOptions:
+    """Options of the ``shapes-clip`` encoder."""
+
+    weights: str | None = option(None, identity=False,
+                                 help="a retrained shapes_clip.safetensors (JSON config next to it), same as 'shapes-clip:PATH'")
+    device: str = option("cpu", placement=True, help="cpu or cuda")
+
+
+def make_generator(options: ShapesGeneratorOptions) -> Any:
     """The ``shapes`` generator; its only latent space is ``shapes`` (3 tokens x 8)."""
-    from latentmap_shapes.generator import ShapesGenerator
-
-    if space not in (None, "", SPACE.name):
-        raise LatentmapError(
-            f"generator 'shapes' has one latent space, {SPACE.name!r} (3 tokens x 8, one token per layer); "
-            f"got space={space!r}"
-        )
-    return ShapesGenerator(resolution=resolution)
+    return ShapesGenerator(resolution=options.resolution)
 
 
-def make_encoder(spec: str = "", weights: str | None = None, device: str = "cpu") -> Any:
+def make_encoder(spec: str, options: ShapesClipOptions) -> Any:
     """The ``shapes-clip`` encoder; ``spec`` (after ``shapes-clip:``) or ``weights`` may name a retrained file."""
     from latentmap_shapes.encoder import ShapesClipEncoder
 
-    return ShapesClipEncoder(weights or spec or None, device=device)
+    return ShapesClipEncoder(options.weights or spec or None, device=options.device)
 
 
 @hookimpl
@@ -56,7 +70,7 @@ def register_generators(register) -> None:
         make_generator,
         description="procedural 64x64 shapes (4 shapes, 8 colours, 3x3 positions, 2 sizes, 2 backgrounds); "
                     "ground truth known",
-        options={"resolution": "image size in pixels (default 64)", "space": "only 'shapes' (the default)"},
+        options=ShapesGeneratorOptions,
     )
 
 
@@ -67,5 +81,5 @@ def register_encoders(register) -> None:
         make_encoder,
         description="tiny CLIP trained on the shapes world (shipped, 64-d embeddings); "
                     "'shapes-clip:PATH' loads retrained weights",
-        options={"weights": "a retrained shapes_clip.safetensors (JSON config next to it)", "device": "cpu or cuda"},
+        options=ShapesClipOptions,
     )

@@ -58,7 +58,7 @@ class ShapesClipEncoder(Encoder):
         return {
             **super().identity(),
             "weights": self.weights.name,
-            "sha256": self._sha256,
+            "weights_sha256": self._sha256,
         }
 
     @property

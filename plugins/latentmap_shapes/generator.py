@@ -13,6 +13,9 @@ from latentmap_shapes.captions import read_prompt
 from latentmap_shapes.layout import DIM, SPACE, TOKENS, decode_attributes, scene_from_latents
 from latentmap_shapes.renderer import RENDERER_VERSION, render
 
+DEFAULT_RESOLUTION = 64
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
+
 
 class ShapesGenerator(Generator):
     """A procedural, differentiable stand-in for a pretrained GAN, whose every output's truth is known.
@@ -24,10 +27,12 @@ class ShapesGenerator(Generator):
 
     name = "shapes"
 
-    def __init__(self, resolution: int = 64) -> None:
+    def __init__(self, resolution: int = DEFAULT_RESOLUTION) -> None:
         resolution = int(resolution)
-        if resolution < 16 or resolution > 1024:
-            raise LatentmapError(f"shapes generator resolution must be between 16 and 1024, got {resolution}")
+        if resolution < MIN_RESOLUTION or resolution > MAX_RESOLUTION:
+            raise LatentmapError(
+                f"shapes generator resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {resolution}"
+            )
         self.resolution = resolution
         self.space = SPACE
         self._device = torch.device("cpu")

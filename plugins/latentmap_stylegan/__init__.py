@@ -1,8 +1,9 @@
 """latentmap_stylegan: StyleGAN2 and StyleGAN3 generators in plain PyTorch, loaded safely from NVIDIA's pickles.
 
 Registers the generators ``stylegan2`` and ``stylegan3`` (any network file, ``weights=``), the
-zoo entries ``stylegan2-ffhq`` and ``stylegan3-lhq``, and the ``convert-stylegan`` command. Torch
-and the networks are imported only when a generator is built or the command runs.
+zoo entries ``stylegan2-ffhq`` and ``stylegan3-lhq``, and the ``convert-stylegan`` command. Their
+options are declared once, in ``StyleGANOptions`` (generator.py) and ``ZooOptions`` (zoo.py). The
+network definitions are imported only when a generator is built or the command runs.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from functools import partial
 from typing import Any
 
 from latentmap.hookspecs import hookimpl
-from latentmap_stylegan.zoo import GENERATOR_OPTIONS, ZOO, ZOO_OPTIONS, build_generator, build_zoo_generator
+from latentmap_stylegan.generator import StyleGANOptions
+from latentmap_stylegan.zoo import ZOO, ZooOptions, build_generator, build_zoo_generator
 
 
 @hookimpl
 def register_generators(register: Any) -> None:
     register("stylegan2", partial(build_generator, "stylegan2", "stylegan2"),
              description="any StyleGAN2 network (NVIDIA .pkl read safely, or converted .safetensors)",
-             options=GENERATOR_OPTIONS)
+             options=StyleGANOptions)
     register("stylegan3", partial(build_generator, "stylegan3", "stylegan3"),
              description="any StyleGAN3 (T or R) network (NVIDIA .pkl read safely, or converted .safetensors)",
-             options=GENERATOR_OPTIONS)
+             options=StyleGANOptions)
     for name, entry in ZOO.items():
-        register(name, partial(build_zoo_generator, name), description=entry.description, options=ZOO_OPTIONS)
+        register(name, partial(build_zoo_generator, name), description=entry.description, options=ZooOptions)
 
 
 @hookimpl

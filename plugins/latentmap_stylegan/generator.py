@@ -17,33 +17,50 @@ device, so draws do not depend on where the network runs), maps it to w and appl
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from latentmap.config import build_options, option
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Generator, LatentSpace
 from latentmap_stylegan.converted import tensors_sha256
 from latentmap_stylegan.mapping import truncate
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NOISE_MODES = ("const", "random", "none")
 
 
-def make_space(name: str, layers: int, dim: int, split: Sequence[int] | str | None = None) -> LatentSpace:
+def space_names() -> list[str]:
+    """The registered latent spaces (the registry is the one list)."""
+    from latentmap.plugins import registrations
+
+    return sorted(registrations("spaces"))
+
+
+@dataclass
+class StyleGANOptions:
+    """Options of the ``stylegan2`` and ``stylegan3`` generators (any network file)."""
+
+    weights: str | None = option(None, identity=False,
+                                 help="a NVIDIA network .pkl (read without running code) or a converted .safetensors")
+    space: str = option("w", choices=space_names, help="the latent space: w (one w), w3 (coarse, middle, fine) or w+")
+    split: list[int] | None = option(None, help="w3 only: layer counts for coarse,middle,fine (default 4,4,10 for 18 layers)")
+    truncation: float = option(1.0, help="psi toward w_avg for sample_latents (1.0: none, as the paper's data)")
+    network: str = option("G_ema", help="which network of a .pkl: G_ema or G")
+    noise_mode: str = option("const", choices=NOISE_MODES, help="synthesis noise")
+    device: str | None = option(None, placement=True, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dtype: str = option("float32", choices=tuple(DTYPES), placement=True,
+                        help="synthesis under autocast in this precision (float32: none)")
+
+
+def make_space(name: str, layers: int, dim: int, split: Sequence[int] | None = None) -> LatentSpace:
     """The latent space ``name`` for a generator with ``layers`` style layers of size ``dim``."""
     import latentmap
 
-    options: dict[str, Any] = {}
-    if split is not None:
-        if isinstance(split, str):
-            try:
-                split = [int(part) for part in split.replace("(", "").replace(")", "").split(",") if part.strip()]
-            except ValueError:
-                raise LatentmapError(f"space split {split!r} must be comma-separated layer counts, e.g. 4,4,10") from None
-        options["split"] = list(split)
-    return latentmap.get_space(name, layers=layers, dim=dim, **options)
+    return latentmap.get_space(name, layers=layers, dim=dim, **({} if split is None else {"split": list(split)}))
 
 
 def default_device() -> torch.device:
@@ -62,40 +79,29 @@ def style_mix(ws: Tensor, other: Tensor, crossover: int) -> Tensor:
 class StyleGANGenerator(Generator):
     """Wraps an SG2/SG3 network (ours, NVIDIA's call semantics) and a latent space over W."""
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        *,
-        name: str = "stylegan",
-        kind: str = "stylegan2",
-        space: str = "w",
-        split: Sequence[int] | str | None = None,
-        truncation: float = 1.0,
-        noise_mode: str = "const",
-        device: str | torch.device | None = None,
-        dtype: str = "float32",
-        weights: str | None = None,
-    ) -> None:
-        if noise_mode not in NOISE_MODES:
-            raise LatentmapError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        if dtype not in DTYPES:
-            raise LatentmapError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    def __init__(self, network: torch.nn.Module, options: StyleGANOptions | None = None, *,
+                 name: str = "stylegan", kind: str = "stylegan2", **values: Any) -> None:
+        """``options`` as the registry validated them, or the same as keywords (``device="cpu"``)."""
+        if options is None:
+            options = build_options(StyleGANOptions, values, where="StyleGANGenerator", owner=f"generator {name!r}")
+        elif values:
+            raise TypeError("StyleGANGenerator takes options or keyword options, not both")
         if network.c_dim > 0:
             raise LatentmapError(
-                f"{weights or name}: class-conditional networks (c_dim={network.c_dim}) are not supported; "
+                f"{options.weights or name}: class-conditional networks (c_dim={network.c_dim}) are not supported; "
                 "latentmap needs an unconditional generator"
             )
         self.network = network.eval().requires_grad_(False)
         self.name = name
         self.kind = kind
         self.resolution = int(network.img_resolution)
-        self.space = make_space(space, layers=int(network.num_ws), dim=int(network.w_dim), split=split)
-        self.truncation = float(truncation)
-        self.noise_mode = noise_mode
-        self.dtype_name = dtype
-        self.weights = weights
+        self.space = make_space(options.space, layers=int(network.num_ws), dim=int(network.w_dim), split=options.split)
+        self.truncation = float(options.truncation)
+        self.noise_mode = options.noise_mode
+        self.dtype_name = options.dtype
+        self.weights = options.weights
         self._sha256: str | None = None
-        self.to(device if device is not None else default_device())
+        self.to(options.device if options.device is not None else default_device())
 
     # -- the Generator contract -------------------------------------------------------------------
     def sample_latents(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:

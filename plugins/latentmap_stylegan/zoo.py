@@ -8,11 +8,12 @@ cached copies are trusted as they are; set ``sha256`` here once measured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
+from latentmap.config import option
 from latentmap.errors import LatentmapError
+from latentmap_stylegan.converted import load_network
+from latentmap_stylegan.generator import StyleGANGenerator, StyleGANOptions
 
 
 @dataclass(frozen=True)
@@ -50,45 +51,36 @@ ZOO: dict[str, ZooEntry] = {
     ),
 }
 
-GENERATOR_OPTIONS = {
-    "weights": "a NVIDIA network .pkl (read without running code) or a converted .safetensors",
-    "space": "w (default), w3 or w+",
-    "split": "w3 only: layer counts for coarse,middle,fine (default 4,4,10 for 18 layers)",
-    "truncation": "psi toward w_avg for sample_latents (default 1.0: none, as the paper's data)",
-    "network": "which network of a .pkl: G_ema (default) or G",
-    "noise_mode": "const (default), random or none",
-    "device": "cpu, cuda, cuda:1 ... (default: cuda when available)",
-    "dtype": "float32 (default), bfloat16 or float16: synthesis under autocast",
-}
-ZOO_OPTIONS = {**GENERATOR_OPTIONS, "weights": "override the weights file (default: cache / env var / download)",
-               "cache_dir": "weights cache folder (default $LATENTMAP_CACHE or ~/.cache/latentmap)"}
+@dataclass
+class ZooOptions(StyleGANOptions):
+    """Options of a zoo entry: a StyleGAN generator whose weights come from the shared cache."""
+
+    weights: str | None = option(None, identity=False,
+                                 help="override the weights file (default: env var, then cache, then download)")
+    cache_dir: str | None = option(None, identity=False,
+                                   help="weights cache folder (default $LATENTMAP_CACHE or ~/.cache/latentmap)")
 
 
-def build_generator(kind: str, name: str, *, weights: str | Path | None = None, network: str = "G_ema",
-                    **options: Any):
-    """A ``StyleGANGenerator`` of ``kind`` from a weights file; one-line errors for bad choices."""
-    from latentmap_stylegan.converted import load_network
-    from latentmap_stylegan.generator import StyleGANGenerator
-
-    if weights is None:
+def build_generator(kind: str, name: str, options: StyleGANOptions):
+    """A ``StyleGANGenerator`` of ``kind`` from ``options.weights``; one-line errors for bad choices."""
+    if options.weights is None:
         raise LatentmapError(
             f"generator {name!r} needs weights=PATH (an NVIDIA network .pkl or a file made by 'latentmap convert-stylegan')"
         )
-    loaded = load_network(weights, network_key=network)
+    loaded = load_network(options.weights, network_key=options.network)
     if loaded.kind != kind:
-        raise LatentmapError(f"{weights} holds a {loaded.kind} network; use generator {loaded.kind!r}, not {name!r}")
-    return StyleGANGenerator(loaded.network, name=name, kind=kind, weights=str(weights), **options)
+        raise LatentmapError(f"{options.weights} holds a {loaded.kind} network; use generator {loaded.kind!r}, not {name!r}")
+    return StyleGANGenerator(loaded.network, options, name=name, kind=kind)
 
 
-def build_zoo_generator(name: str, *, weights: str | Path | None = None, cache_dir: str | None = None,
-                        **options: Any):
+def build_zoo_generator(name: str, options: ZooOptions):
     """A zoo entry's generator, weights resolved through the shared weights cache."""
     from latentmap.weights import resolve_weights
 
     entry = ZOO[name]
     path = resolve_weights(name, filename=entry.filename, url=entry.url, sha256=entry.sha256,
-                           env_var=entry.env_var, path=weights, cache_dir=cache_dir)
-    generator = build_generator(entry.kind, name, weights=path, **options)
+                           env_var=entry.env_var, path=options.weights, cache_dir=options.cache_dir)
+    generator = build_generator(entry.kind, name, replace(options, weights=str(path)))
     if generator.resolution != entry.resolution or generator.space.layers != entry.layers:
         raise LatentmapError(
             f"{path} is a {generator.resolution}-px network with {generator.space.layers} style layers, but "

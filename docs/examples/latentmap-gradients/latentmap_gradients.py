@@ -1,15 +1,26 @@
 """An example latentmap plugin: a generator of smooth colour gradients.
 
-Everything a third-party generator needs: subclass ``latentmap.Generator``, implement three
-methods, and register a factory from a ``register_generators`` hook.
+Everything a third-party generator needs: declare its options as a dataclass, subclass
+``latentmap.Generator``, implement three methods, and register both from a ``register_generators`` hook.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 import latentmap
+from latentmap.config import option
+
+
+@dataclass
+class GradientOptions:
+    """What ``get_generator("gradients", ...)``, a recipe or ``--generator-option`` may set."""
+
+    resolution: int = option(32, min=2, help="image size in pixels")
+    space: str = option("w", help="w (one colour pair) or w+ (one latent per colour)")
 
 
 class GradientGenerator(latentmap.Generator):
@@ -17,9 +28,9 @@ class GradientGenerator(latentmap.Generator):
 
     name = "gradients"
 
-    def __init__(self, resolution: int = 32, space: str = "w") -> None:
-        self.resolution = int(resolution)
-        self.space = latentmap.get_space(space, layers=2, dim=6)
+    def __init__(self, options: GradientOptions) -> None:
+        self.resolution = options.resolution
+        self.space = latentmap.get_space(options.space, layers=2, dim=6)
 
     def sample_latents(self, n: int, *, generator: torch.Generator) -> Tensor:
         return torch.randn(n, self.space.tokens, self.space.dim, generator=generator)
@@ -41,5 +52,5 @@ def register_generators(register) -> None:
         "gradients",
         GradientGenerator,
         description="colour gradients (example plugin)",
-        options={"resolution": "image size in pixels (default 32)", "space": "w or w+ (default w)"},
+        options=GradientOptions,
     )
