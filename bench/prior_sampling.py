@@ -20,7 +20,10 @@ import time
 
 import torch
 
+from latentmap.interfaces import PriorShape
 from latentmap.prior import DiffusionPrior
+
+PAPER_SHAPE = PriorShape(tokens=1, latent_dim=512, cond_dim=512)  # one w of StyleGAN2, CLIP ViT-B/32
 
 
 def timed(fn, device: str) -> float:
@@ -76,7 +79,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
-    prior = DiffusionPrior().to(device).eval()  # paper config: 48,767,872 parameters
+    prior = DiffusionPrior(PAPER_SHAPE).to(device).eval()  # paper config: 48,767,872 parameters
     cond = torch.randn(args.batch, 512, device=device)
     x_t = torch.randn(args.batch, 1, 512, device=device)
     t = torch.full((args.batch,), 500, device=device, dtype=torch.long)
@@ -103,7 +106,7 @@ def main() -> None:
         if predicted <= args.full_limit:
             generator = torch.Generator(device=device).manual_seed(0)
             seconds = timed(
-                lambda: prior.sample(cond, steps=steps, guidance=args.guidance, generator=generator), device
+                lambda: prior.sample(cond, prior.sampling(steps=steps, guidance=args.guidance), generator=generator), device
             )
             measured = True
         else:
@@ -117,7 +120,7 @@ def main() -> None:
         })
     results["sampling"] = rows
 
-    train_prior = DiffusionPrior().to(device).train()
+    train_prior = DiffusionPrior(PAPER_SHAPE).to(device).train()
     optimizer = torch.optim.AdamW(train_prior.parameters(), lr=1e-4, weight_decay=1e-2)
     latents = torch.randn(args.train_batch, 1, 512, device=device)
     conds = torch.randn(args.train_batch, 512, device=device)

@@ -189,11 +189,11 @@ def random_method(args: argparse.Namespace) -> Method:
 
 
 def prior_method(args: argparse.Namespace, checkpoint: Path, *, steps: int, guidance: float) -> Method:
-    from latentmap.pipeline import SamplerSettings, load_pipeline
+    from latentmap.pipeline import load_pipeline
     from latentmap.sample import sample_from_conditions
 
     pipeline = load_pipeline(checkpoint, device="cpu")
-    settings = SamplerSettings(steps=steps, sampler="ddim", guidance=guidance, truncation=1.0)
+    settings = pipeline.settings(steps=steps, sampler="ddim", guidance=guidance, truncation=1.0)
 
     def run(world: World, indices: list[int], seed: int):
         texts = [world.cases[p].text for p in indices]
@@ -208,11 +208,11 @@ def prior_method(args: argparse.Namespace, checkpoint: Path, *, steps: int, guid
 
 def optimise_method(args: argparse.Namespace, *, steps: int, init: str, checkpoint: Path | None = None) -> Method:
     from latentmap.optimize import OptimizeSettings, optimize
-    from latentmap.pipeline import SamplerSettings, load_pipeline
+    from latentmap.pipeline import load_pipeline
 
     pipeline = load_pipeline(checkpoint, device="cpu") if init == "prior" else None
     settings = OptimizeSettings(steps=steps, lr=args.optimise_lr, init=init)
-    sampler = SamplerSettings(steps=25, sampler="ddim", guidance=1.0)
+    sampler = pipeline.settings(steps=25, sampler="ddim", guidance=1.0) if pipeline is not None else None
 
     def run(world: World, indices: list[int], seed: int):
         texts = [world.cases[p].text for p in indices]

@@ -5,11 +5,14 @@ trainer passes its EMA model so these are EMA weights) plus optional extra tenso
 own names (e.g. the raw online weights under ``online.``). The safetensors metadata holds one
 JSON document under the key ``latentmap``::
 
-    {"format": "latentmap-prior", "version": 1, "prior": {...PriorConfig...},
+    {"format": "latentmap-prior", "version": 2,
+     "prior": {"name": "diffusion", "shape": {"tokens": .., "latent_dim": .., "cond_dim": ..}, "options": {...}},
      "encoder": {...}, "generator": {...}, "space": {...}, "recipe": {...}, ...,
      "extra_tensors": [names]}
 
-``load_prior`` needs nothing but the file.
+``load_prior`` needs nothing but the file and the plugin that registered the prior's name: it
+rebuilds any prior, built-in or third-party, through the prior registry. Version 1 files (written
+before priors were pluggable, always the diffusion prior with one flat config) still load.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from latentmap.atomic import replace_atomically
-from latentmap.errors import LatentmapError
-from latentmap.prior.diffusion import DiffusionPrior, PriorConfig
+from latentmap.errors import LatentmapError, UnknownNameError
+from latentmap.interfaces import Prior, PriorShape
 
 FORMAT = "latentmap-prior"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "latentmap"
 
 
@@ -39,7 +43,7 @@ def _plain_tensor(t: Tensor) -> Tensor:
 
 def save_prior(
     path: str | os.PathLike,
-    prior: DiffusionPrior,
+    prior: Prior,
     *,
     metadata: dict[str, Any],
     extra_tensors: dict[str, Tensor] | None = None,
@@ -90,18 +94,55 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise LatentmapError(f"{str(path)!r}: checkpoint metadata is not valid JSON") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise LatentmapError(f"{str(path)!r} is not a latentmap prior checkpoint (format is not {FORMAT!r})")
-    if document.get("version") != VERSION:
-        raise LatentmapError(f"{str(path)!r}: unsupported checkpoint version {document.get('version')!r}, expected {VERSION}")
+    if document.get("version") not in READABLE_VERSIONS:
+        raise LatentmapError(
+            f"{str(path)!r}: unsupported checkpoint version {document.get('version')!r}, expected one of "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer latentmap wrote it?)"
+        )
     if not isinstance(document.get("prior"), dict):
         raise LatentmapError(f"{str(path)!r}: checkpoint metadata has no 'prior' config")
+    document["prior"] = stored_prior_entry(document["prior"])
     return document
 
 
-def load_prior(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[DiffusionPrior, dict[str, Any]]:
-    """Rebuild the prior stored in ``path``: (prior in eval mode on ``device``, metadata dict)."""
+def stored_prior_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored prior description as ``{name, shape, options}``.
+
+    Files written before priors were pluggable (checkpoint version 1, training states of then) hold
+    the diffusion prior's flat config: it is split into shape and options.
+    """
+    if "name" in entry or not entry:
+        return entry
+    shape_keys = ("tokens", "latent_dim", "cond_dim")
+    return {"name": "diffusion", "shape": {k: entry.get(k) for k in shape_keys},
+            "options": {k: v for k, v in entry.items() if k not in shape_keys}}
+
+
+def build_stored_prior(entry: Any, *, source: str) -> Prior:
+    """A fresh prior of the kind a checkpoint (or training state) records: name, shape and options."""
+    from latentmap import get_prior
+    from latentmap.plugins import registrations
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise LatentmapError(f"{source}: the stored prior has no registered 'name'")
+    name = entry["name"]
+    try:
+        shape = PriorShape.from_dict(entry.get("shape") or {})
+        return get_prior(name, **shape.to_dict(), **(entry.get("options") or {}))
+    except UnknownNameError:
+        installed = ", ".join(sorted(registrations("priors"))) or "none"
+        raise LatentmapError(
+            f"{source} holds a {name!r} prior, but no installed plugin registers prior {name!r} "
+            f"(installed priors: {installed}); install the plugin that provides it"
+        ) from None
+    except LatentmapError as exc:
+        raise LatentmapError(f"{source}: {exc}") from None
+
+
+def load_prior(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[Prior, dict[str, Any]]:
+    """Rebuild the prior stored in ``path`` through the registry: (prior in eval mode on ``device``, metadata)."""
     document = read_metadata(path)
-    config = PriorConfig.from_dict(document["prior"])
-    prior = DiffusionPrior(config)
+    prior = build_stored_prior(document["prior"], source=repr(str(path)))
     expected = set(prior.state_dict())
     extra = set(document.get("extra_tensors", []))
     tensors: dict[str, Tensor] = {}
@@ -124,21 +165,3 @@ def load_extra_tensors(path: str | os.PathLike, *, prefix: str = "") -> dict[str
     names = [n for n in document.get("extra_tensors", []) if n.startswith(prefix)]
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         return {name: handle.get_tensor(name) for name in names}
-
-
-def check_identity(metadata: dict[str, Any], role: str, identity: dict[str, Any] | None) -> None:
-    """Raise if the checkpoint was trained for a different ``role`` (encoder/generator/space).
-
-    Compares every key both identities record (name, checksum, dims ...); absent keys are not
-    held against either side.
-    """
-    if identity is None:
-        return
-    stored = metadata.get(role)
-    if not isinstance(stored, dict):
-        return
-    for key in sorted(set(stored) & set(identity)):
-        if stored[key] != identity[key]:
-            raise LatentmapError(
-                f"checkpoint was trained for {role} {key}={stored[key]!r}, but {identity[key]!r} was requested"
-            )

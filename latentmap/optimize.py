@@ -157,7 +157,7 @@ def optimize(
         labels=prompts,
         kind="text",
         seed=int(seed),
-        settings=sampler or SamplerSettings(),
+        settings=sampler if pipeline is not None else None,
         latents=rearrange(in_space.cpu(), "(p c) t d -> p c t d", c=candidates)[gather, kept],
         per_layer=per_layer,
         scores=values,

@@ -9,42 +9,39 @@ other generator weights produces garbage silently, so a mismatch is refused unle
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from latentmap.config import options_dict
+from latentmap.edit import truncate
 from latentmap.errors import LatentmapError
-from latentmap.options import resolve_device
+from latentmap.identity import differences
 from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
+from latentmap.options import resolve_device
+from latentmap.recipe import MOVED_SAMPLING_KEYS
 
 __all__ = ["Pipeline", "SamplerSettings", "load_pipeline"]
 
-# Identity keys that may legitimately differ between training and use: how the object was asked for.
-UNCOMPARED_KEYS = frozenset({"options"})
-
-
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How the prior samples: respaced steps, sampler, guidance (super-conditioning), truncation psi."""
+    """How a pipeline samples: the prior's own sampling settings (its ``Sampling``) and truncation psi.
 
-    steps: int | None = 25
-    sampler: str = "ddim"
-    guidance: float = 1.0
+    Truncation is the pipeline's, whatever the prior: it moves the prior's latents toward the mean of
+    the latents it was trained on (``prior.latent_mean``, as clip2latent does). Make one with
+    :meth:`Pipeline.settings` (``pipe.settings(steps=10)``).
+    """
+
+    sampling: Any
     truncation: float = 1.0
-    eta: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def updated(self, **changes: Any) -> "SamplerSettings":
-        """A copy with the given fields replaced; ``None`` values leave a field as it is."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return {**options_dict(self.sampling), "truncation": self.truncation}
 
 
 @dataclass
@@ -63,10 +60,23 @@ class Pipeline:
         return self.generator.space
 
     def defaults(self) -> SamplerSettings:
-        """Sampling settings from the checkpoint's recipe (``recipe.sample``), else the package defaults."""
+        """The sampling settings of the checkpoint's recipe (``sample.sampling``, ``sample.truncation``),
+        else the prior's declared defaults."""
         section = (self.metadata.get("recipe") or {}).get("sample") or {}
-        known = {f.name for f in fields(SamplerSettings)}
-        return SamplerSettings().updated(**{k: v for k, v in section.items() if k in known})
+        sampling = section.get("sampling")
+        if not isinstance(sampling, dict):  # recipes stored before sampling settings had their own key
+            sampling = {k: section[k] for k in MOVED_SAMPLING_KEYS if k in section}
+        declared = {f.name for f in fields(self.prior.Sampling)}
+        base = self.prior.sampling(where=f"checkpoint {self.checkpoint}",
+                                   **{k: v for k, v in sampling.items() if k in declared})
+        return SamplerSettings(base, float(section.get("truncation", 1.0)))
+
+    def settings(self, base: SamplerSettings | None = None, *, truncation: float | None = None,
+                 where: str = "sampling settings", **changes: Any) -> SamplerSettings:
+        """``base`` (default: :meth:`defaults`) with ``changes`` to the prior's sampling settings, validated."""
+        base = base if base is not None else self.defaults()
+        sampling = self.prior.sampling(base.sampling, where=where, **changes)
+        return SamplerSettings(sampling, base.truncation if truncation is None else float(truncation))
 
     def embed_prompts(self, prompts: list[str]) -> Tensor:
         """Prior conditions for text prompts: raw text embeddings (N, D), as clip2latent feeds them."""
@@ -86,15 +96,10 @@ class Pipeline:
         The noise comes from a CPU ``torch.Generator`` so a seed gives the same draws on any device.
         """
         rng = torch.Generator().manual_seed(int(seed))
-        return self.prior.sample(
-            cond.to(self.device),
-            steps=settings.steps,
-            sampler=settings.sampler,
-            guidance=settings.guidance,
-            eta=settings.eta,
-            truncation=settings.truncation,
-            generator=rng,
-        )
+        latents = self.prior.sample(cond.to(self.device), settings.sampling, generator=rng)
+        if settings.truncation == 1.0:
+            return latents
+        return truncate(latents, self.prior.latent_mean, settings.truncation)
 
     def render(self, latents: Tensor, *, batch_size: int = 16, to_cpu: bool = True) -> Tensor:
         """Images (N, 3, H, W) in [-1, 1] for latents (N, tokens|layers, dim), in chunks.
@@ -109,28 +114,6 @@ class Pipeline:
                 images = self.generator.synthesize(chunk).float()
                 chunks.append(images.cpu() if to_cpu else images)
         return torch.cat(chunks)
-
-
-def _canonical(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def compare_identity(
-    kind: str, recorded: dict[str, Any], rebuilt: dict[str, Any], *, source: str, overridden: frozenset[str] = frozenset()
-) -> list[str]:
-    """The keys present in both identities whose values differ, as lines.
-
-    Not compared: how the object was asked for (``options``) and the keys the user overrode on
-    purpose (``overridden``, e.g. ``truncation``).
-    """
-    problems = []
-    for key in sorted(set(recorded) & set(rebuilt) - UNCOMPARED_KEYS - overridden):
-        if _canonical(recorded[key]) != _canonical(rebuilt[key]):
-            problems.append(
-                f"{kind} {key!r} differs from what {source} was trained with: "
-                f"recorded {_canonical(recorded[key])!r}, got {_canonical(rebuilt[key])!r}"
-            )
-    return problems
 
 
 def _identity_of(metadata: dict[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -170,16 +153,15 @@ def load_pipeline(
     if "space" in metadata:
         _adopt_space(generator, LatentSpace.from_dict(metadata["space"]), source)
 
-    problems = compare_identity("generator", gen_id, generator.identity(), source=source,
-                                overridden=frozenset(generator_options or {}))
-    problems += compare_identity("encoder", enc_id, encoder.identity(), source=source,
-                                 overridden=frozenset(encoder_options or {}))
-    config = prior.config_dict()
-    if config.get("cond_dim") not in (None, encoder.embed_dim):
-        problems.append(f"prior of {source} expects {config['cond_dim']}-d conditions, encoder gives {encoder.embed_dim}")
-    if (config.get("tokens"), config.get("latent_dim")) not in ((None, None), (generator.space.tokens, generator.space.dim)):
+    problems = [f"{line} (compared with what {source} was trained with)" for line in
+                differences("generator", gen_id, generator.identity(), overridden=frozenset(generator_options or {}))
+                + differences("encoder", enc_id, encoder.identity(), overridden=frozenset(encoder_options or {}))]
+    shape = prior.shape
+    if shape.cond_dim != encoder.embed_dim:
+        problems.append(f"prior of {source} expects {shape.cond_dim}-d conditions, encoder gives {encoder.embed_dim}")
+    if (shape.tokens, shape.latent_dim) != (generator.space.tokens, generator.space.dim):
         problems.append(
-            f"prior of {source} generates ({config.get('tokens')}, {config.get('latent_dim')}) latents, generator "
+            f"prior of {source} generates ({shape.tokens}, {shape.latent_dim}) latents, generator "
             f"space {generator.space.name!r} takes ({generator.space.tokens}, {generator.space.dim})"
         )
     if problems and check_identity:

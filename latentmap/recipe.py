@@ -15,135 +15,133 @@ to the copies packaged in ``latentmap/prompts/``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import yaml
 
-from latentmap.errors import LatentmapError
+from latentmap.config import build_options, check_value, option, options_dict, parse_value, plain, suggest
+from latentmap.errors import LatentmapError, UnknownNameError
 
 PACKAGED_PROMPTS = Path(__file__).resolve().parent / "prompts"
 
-# Field metadata keys: "path" = "file" (must exist) | "dir" (resolved, need not exist);
-# "choices" = allowed values; "min"/"max" = inclusive bounds; "max_open" = exclusive upper bound.
+# Field metadata (latentmap.config.option): "path" = "file" (must exist) | "dir" (resolved, need not
+# exist); "choices" = allowed values; "min"/"max" = inclusive bounds; "below" = exclusive upper bound.
 
 
 @dataclass
-class GeneratorSection:
-    """The frozen generator: a registered name, its latent space and factory options."""
+class ComponentSection:
+    """A registered component named by ``name`` and its own options, validated against its declaration.
 
-    name: str = "stylegan2-ffhq"
-    space: str | None = None  # None: the generator's own default space
-    options: dict[str, Any] = field(default_factory=dict)
+    In YAML the options sit beside the name (``prior: {name: diffusion, depth: 6}``); ``options``
+    holds them as the component's options dataclass, defaults filled in.
+    """
+
+    name: str
+    options: Any = None
+
+    KIND: ClassVar[str] = ""
 
     def factory_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``get_generator(name, ...)``: the options, plus ``space`` if set."""
-        return {**({"space": self.space} if self.space is not None else {}), **self.options}
+        """Keyword arguments for ``latentmap.get_<kind>(name, ...)``."""
+        return options_dict(self.options) if self.options is not None else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.factory_options()}
 
 
 @dataclass
-class EncoderSection:
+class GeneratorSection(ComponentSection):
+    """The frozen generator: a registered name and its options (``space`` among them)."""
+
+    name: str = "stylegan2-ffhq"
+    KIND: ClassVar[str] = "generators"
+
+
+@dataclass
+class EncoderSection(ComponentSection):
     """The frozen encoder, as ``prefix:spec`` (e.g. ``openclip:ViT-B-32/openai``), and its options."""
 
     name: str = "openclip:ViT-B-32/openai"
-    options: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "encoders"
 
-    def factory_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``get_encoder(name, ...)``."""
-        return dict(self.options)
+
+@dataclass
+class PriorSection(ComponentSection):
+    """The prior to train; latent size, token count and condition size come from the data."""
+
+    name: str = "diffusion"
+    KIND: ClassVar[str] = "priors"
+
+
+COMPONENT_SECTIONS = {"generator": GeneratorSection, "encoder": EncoderSection, "prior": PriorSection}
 
 
 @dataclass
 class DataSection:
     """The dataset of (latent, image embedding) pairs: where it lives and how build-data makes it."""
 
-    dir: Path = field(default=Path("data"), metadata={"path": "dir"})
-    samples: int = field(default=1_000_000, metadata={"min": 1})
-    batch_size: int = field(default=64, metadata={"min": 1})
-    shard_size: int = field(default=10_000, metadata={"min": 1})
-    seed: int = 0
-    dtype: str = field(default="float16", metadata={"choices": ("float16", "bfloat16", "float32")})
-    device: str = "auto"
-
-
-@dataclass
-class PriorSection:
-    """The prior's configuration; latent size, token count and condition size come from the data."""
-
-    name: str = "diffusion"
-    dim: int = field(default=512, metadata={"min": 1})
-    depth: int = field(default=12, metadata={"min": 1})
-    heads: int = field(default=12, metadata={"min": 1})
-    dim_head: int = field(default=64, metadata={"min": 1})
-    ff_mult: int = field(default=4, metadata={"min": 1})
-    timesteps: int = field(default=1000, metadata={"min": 1})
-    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "linear")})
-    objective: str = field(default="x0", metadata={"choices": ("x0", "noise")})
-    cond_drop_prob: float = field(default=0.2, metadata={"min": 0.0, "max_open": 1.0})
-    normalize_cond: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def factory_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``get_prior(name, ...)`` (without the data-derived sizes)."""
-        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "options")}
-        options.update(self.options)
-        return options
+    dir: Path = option(Path("data"), path="dir", help="dataset folder (required)")
+    samples: int = option(1_000_000, min=1, help="(latent, embedding) pairs to build")
+    batch_size: int = option(64, min=1, help="build-data batch (generator + encoder)")
+    shard_size: int = option(10_000, min=1, help="pairs per shard file")
+    seed: int = option(0, help="build seed (shard i draws from its own stream)")
+    dtype: str = option("float16", choices=("float16", "bfloat16", "float32"),
+                        help="storage precision (training always reads float32)")
+    device: str = option("auto", help="build-data device: auto, cpu, cuda, cuda:N")
 
 
 @dataclass
 class TrainSection:
     """Optimiser, EMA, augmentation and bookkeeping of the training loop."""
 
-    out: Path = field(default=Path("runs"), metadata={"path": "dir"})
-    steps: int = field(default=1_000_000, metadata={"min": 1})
-    batch_size: int = field(default=512, metadata={"min": 1})
-    lr: float = field(default=1.0e-4, metadata={"min": 0.0})
-    weight_decay: float = field(default=1.0e-2, metadata={"min": 0.0})
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    ema_beta: float = field(default=0.9999, metadata={"min": 0.0, "max_open": 1.0})
-    ema_every: int = field(default=10, metadata={"min": 1})
-    ema_warmup: bool = True
-    noise_alpha: float = field(default=1.0, metadata={"min": 0.0})
-    grad_clip: float = field(default=1.0, metadata={"min": 0.0})
-    seed: int = 0
-    device: str = "auto"
-    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
-    threads: int = field(default=0, metadata={"min": 0})  # CPU threads for torch; 0: torch's default
-    log_every: int = field(default=100, metadata={"min": 1})
-    checkpoint_every: int = field(default=10_000, metadata={"min": 1})
-    tensorboard: bool = True
+    out: Path = option(Path("runs"), path="dir", help="run folder (required)")
+    steps: int = option(1_000_000, min=1, help="optimiser steps")
+    batch_size: int = option(512, min=1, help="global batch (split evenly over torchrun processes)")
+    lr: float = option(1.0e-4, min=0.0, help="AdamW learning rate")
+    weight_decay: float = option(1.0e-2, min=0.0, help="AdamW weight decay (none on vectors: gains, learned query)")
+    adam_betas: tuple[float, float] = option((0.9, 0.999), help="AdamW betas")
+    ema_beta: float = option(0.9999, min=0.0, below=1.0, help="EMA decay of the weights (see training.md)")
+    ema_every: int = option(10, min=1, help="steps between EMA updates")
+    ema_warmup: bool = option(True, help="warm the EMA decay up from 0 (see training.md)")
+    noise_alpha: float = option(1.0, min=0.0, help="LAFITE pseudo-text noise on the conditions (0 disables)")
+    grad_clip: float = option(1.0, min=0.0, help="max gradient L2 norm (0 disables)")
+    seed: int = option(0, help="initialisation, data order and every random draw of training")
+    device: str = option("auto", help="auto (GPU if any), cpu, cuda, cuda:N")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on GPU, fp32 on CPU")
+    threads: int = option(0, min=0, help="CPU threads torch may use (0: torch's default; on a small shared CPU "
+                                          "1 is often much faster, see benchmarks.md)")
+    log_every: int = option(100, min=1, help="steps per metrics line")
+    checkpoint_every: int = option(10_000, min=1, help="steps per training state and last.safetensors")
+    tensorboard: bool = option(True, help="also log to out/tensorboard/ when TensorBoard is installed")
 
 
 @dataclass
 class ValidationSection:
     """Checkpoint selection by CLIP score, on text prompts and on held-out image embeddings."""
 
-    prompts: Path = field(default=PACKAGED_PROMPTS / "face-val.txt", metadata={"path": "file"})
-    samples_per_prompt: int = field(default=4, metadata={"min": 1})
-    every: int = field(default=5000, metadata={"min": 1})
-    image_conditions: int = field(default=64, metadata={"min": 0})
-    steps: int = field(default=25, metadata={"min": 1})
-    sampler: str = field(default="ddim", metadata={"choices": ("ddim", "ddpm")})
-    guidance: float = 1.0
-    batch_size: int = field(default=64, metadata={"min": 1})
+    prompts: Path = option(PACKAGED_PROMPTS / "face-val.txt", path="file",
+                           help="text prompts scored at each validation (relative, or a packaged list)")
+    samples_per_prompt: int = option(4, min=1, help="samples per prompt")
+    every: int = option(5000, min=1, help="steps between validations (and always at the last step)")
+    image_conditions: int = option(64, min=0, help="held-out dataset samples (never trained on) used as image conditions")
+    batch_size: int = option(64, min=1, help="sampling and rendering batch")
+    sampling: Any = option(None, help="the prior's sampling settings (see the prior's own table below)")
 
 
 @dataclass
 class SampleSection:
     """Defaults for ``latentmap sample`` with this recipe's checkpoint."""
 
-    prompts: list[str] = field(default_factory=list)
-    candidates: int = field(default=16, metadata={"min": 1})
-    keep: int = field(default=4, metadata={"min": 1})
-    steps: int = field(default=25, metadata={"min": 1})
-    sampler: str = field(default="ddim", metadata={"choices": ("ddim", "ddpm")})
-    guidance: float = 1.0
-    truncation: float = 1.0
-    out: Path | None = field(default=None, metadata={"path": "dir"})  # None: <train.out>/samples
+    prompts: list[str] = option(default_factory=list, help="prompts to sample (empty: the validation prompts)")
+    candidates: int = option(16, min=1, help="candidates generated per prompt, re-ranked by CLIP score")
+    keep: int = option(4, min=1, help="best candidates kept per prompt")
+    truncation: float = option(1.0, help="truncation psi toward the mean of the training latents (1: none)")
+    sampling: Any = option(None, help="the prior's sampling settings (see the prior's own table below)")
+    out: Path | None = option(None, path="dir", help="output folder (default: <train.out>/samples)")
 
 
 @dataclass
@@ -163,18 +161,14 @@ class Recipe:
         """JSON/YAML-ready nested dict (paths as absolute strings), stored in checkpoints."""
         out: dict[str, Any] = {}
         for section in SECTIONS:
+            value = getattr(self, section)
+            if isinstance(value, ComponentSection):
+                out[section] = value.to_dict()
+                continue
             values = {}
-            for f in dataclasses.fields(SECTIONS[section]):
-                value = getattr(getattr(self, section), f.name)
-                if isinstance(value, Path):
-                    value = str(value)
-                elif value is None:
-                    pass
-                elif isinstance(value, tuple):
-                    value = list(value)
-                elif isinstance(value, (dict, list)):
-                    value = _plain(value)
-                values[f.name] = value
+            for f in dataclasses.fields(value):
+                item = getattr(value, f.name)
+                values[f.name] = options_dict(item) if dataclasses.is_dataclass(item) else plain(item)
             out[section] = values
         return out
 
@@ -191,13 +185,17 @@ SECTIONS: dict[str, type] = {
 
 # Keys a recipe must set itself: there is no sensible default for where data and runs live.
 REQUIRED = ("generator.name", "data.dir", "train.out")
+# Sections whose ``sampling`` key holds the prior's sampling settings.
+SAMPLING_SECTIONS = ("validation", "sample")
+# Keys of the layout before components owned their options: where each now lives.
+MOVED_SAMPLING_KEYS = ("steps", "sampler", "guidance", "eta")
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Read, override and validate a recipe file.
 
     ``overrides`` are ``section.key=value`` strings (``train.batch_size=128``,
-    ``generator.options.truncation=0.7``); values are parsed as YAML scalars/lists.
+    ``generator.truncation=0.7``, ``sample.sampling.steps=10``); values are parsed as YAML scalars/lists.
     Raises ``LatentmapError`` naming the key and the file for anything invalid.
     """
     path = Path(path)
@@ -213,6 +211,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         raw = {}
     if not isinstance(raw, dict):
         raise LatentmapError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    raw = _upgrade_layout(raw, path)
     raw = _resolve_file_paths(raw, path.resolve().parent, path)
     for override in overrides:
         _apply_override(raw, override, path)
@@ -222,22 +221,33 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
 def recipe_from_dict(raw: dict[str, Any], *, source: str | Path | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a nested dict (e.g. a checkpoint's stored recipe) into a ``Recipe``.
 
-    Relative paths resolve against ``base_dir`` (default: the working directory).
+    Relative paths resolve against ``base_dir`` (default: the working directory). Component sections
+    are validated against what their named component declares, through the plugin registries.
     """
     where = str(source) if source is not None else "recipe"
+    raw = _upgrade_layout(raw, where)
     if base_dir is not None:
         raw = _resolve_file_paths(raw, base_dir, where)
     for key in REQUIRED:
         section, name = key.split(".")
         if not isinstance(raw.get(section), dict) or name not in raw[section]:
             raise LatentmapError(f"{where}: missing required key {key!r}")
-    sections = {}
     for section, value in raw.items():
         if section not in SECTIONS:
-            raise LatentmapError(f"{where}: unknown key {section!r}{_suggest(section, SECTIONS)}")
+            raise LatentmapError(f"{where}: unknown key {section!r}{_did_you_mean(section, SECTIONS)}")
         if not isinstance(value, dict):
             raise LatentmapError(f"{where}: {section} must be a mapping, got {value!r}")
-        sections[section] = _build_section(SECTIONS[section], value, section, where)
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():  # plain sections first: their mistakes need no plugin to be named
+        if section not in COMPONENT_SECTIONS:
+            sections[section] = _build_section(cls, raw.get(section) or {}, section, where)
+    for section, cls in COMPONENT_SECTIONS.items():
+        sections[section] = _build_component(cls, raw.get(section) or {}, section, where)
+    sampling_class = _sampling_class(sections["prior"].name)
+    for section in SAMPLING_SECTIONS:
+        given = (raw.get(section) or {}).get("sampling")
+        owner = f"{section}.sampling (prior {sections['prior'].name!r})"
+        sections[section].sampling = build_options(sampling_class, given, where=where, owner=owner)
     recipe = Recipe(**sections, source=Path(source) if source is not None else None)
     if recipe.sample.out is None:
         recipe.sample.out = recipe.train.out / "samples"
@@ -252,11 +262,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".")]
     if len(parts) < 2 or not all(parts):
         raise LatentmapError(f"--set expects section.key=value, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return parts, parsed
+    return parts, parse_value(value)
 
 
 def resolve_prompts_file(value: str | Path, base_dir: Path) -> Path | None:
@@ -283,8 +289,48 @@ def read_prompts(path: str | Path) -> list[str]:
 # Internals
 
 
+def _did_you_mean(name: str, known: Iterable[str], section: str | None = None) -> str:
+    """`` (did you mean train.batch_size?)`` in the recipe's dotted-key style."""
+    return suggest(name, known, prefix=f"{section}." if section else "", quote=False)
+
+
 def _field_map(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _upgrade_layout(raw: dict[str, Any], where: Any) -> dict[str, Any]:
+    """A recipe in the layout before components owned their options, moved to today's, with a warning.
+
+    Then: ``options:`` nested in generator/encoder/prior sections, ``steps``/``sampler``/``guidance``/``eta``
+    directly in validation and sample. Now: options beside ``name:``, sampling settings under ``sampling:``.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    moved = []
+    for section in COMPONENT_SECTIONS:
+        values = out.get(section)
+        if isinstance(values, dict) and isinstance(values.get("options"), dict):
+            nested = values.pop("options")
+            values.update({k: v for k, v in nested.items() if k not in values})
+            moved.append(f"{section}.options.* -> {section}.*")
+    for section in SAMPLING_SECTIONS:
+        values = out.get(section)
+        if not isinstance(values, dict):
+            continue
+        old = [key for key in MOVED_SAMPLING_KEYS if key in values]
+        if old:
+            sampling = dict(values.get("sampling") or {})
+            for key in old:
+                sampling.setdefault(key, values.pop(key))
+            values["sampling"] = sampling
+            moved.append(f"{section}.{{{','.join(old)}}} -> {section}.sampling.*")
+    if moved:
+        warnings.warn(f"{where}: recipe in the old layout, read as the new one ({'; '.join(moved)}); "
+                      "see docs/recipes.md", RecipeLayoutWarning, stacklevel=3)
+    return out
+
+
+class RecipeLayoutWarning(UserWarning):
+    """A recipe written in an older layout was read by moving its keys to where they live now."""
 
 
 def _resolve_file_paths(raw: dict[str, Any], base_dir: Path, where: Any) -> dict[str, Any]:
@@ -292,7 +338,7 @@ def _resolve_file_paths(raw: dict[str, Any], base_dir: Path, where: Any) -> dict
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section, cls in SECTIONS.items():
         values = out.get(section)
-        if not isinstance(values, dict):
+        if not isinstance(values, dict) or section in COMPONENT_SECTIONS:
             continue
         for name, f in _field_map(cls).items():
             kind = f.metadata.get("path")
@@ -323,26 +369,57 @@ def _apply_override(raw: dict[str, Any], text: str, where: Path) -> None:
         raise LatentmapError(f"{exc} (recipe {where})") from None
     section, name = parts[0], parts[1]
     if section not in SECTIONS:
-        raise LatentmapError(f"--set {text}: unknown key {section!r}{_suggest(section, SECTIONS)} (recipe {where})")
-    fields = _field_map(SECTIONS[section])
-    if name not in fields:
-        raise LatentmapError(f"--set {text}: unknown key {section}.{name}{_suggest(name, fields, section)} (recipe {where})")
+        raise LatentmapError(f"--set {text}: unknown key {section!r}{_did_you_mean(section, SECTIONS)} (recipe {where})")
     values = raw.setdefault(section, {})
     if not isinstance(values, dict):
         raise LatentmapError(f"{where}: {section} must be a mapping")
-    if len(parts) > 2:
-        if name != "options":
-            raise LatentmapError(f"--set {text}: {section}.{name} has no sub-keys (recipe {where})")
-        target = values.setdefault("options", {}) or {}
-        values["options"] = target
-        for part in parts[2:-1]:
+    if section in COMPONENT_SECTIONS:  # the component checks its own options when the recipe is validated
+        if name == "options" and len(parts) > 2:  # the old layout: generator.options.truncation=0.7
+            parts = [section, *parts[2:]]
+        target = values
+        for part in parts[1:-1]:
             target = target.setdefault(part, {})
+        target[parts[-1]] = value
+        return
+    fields = _field_map(SECTIONS[section])
+    if section in SAMPLING_SECTIONS and name in MOVED_SAMPLING_KEYS and len(parts) == 2:
+        warnings.warn(f"--set {text}: {section}.{name} now lives at {section}.sampling.{name}; read as that",
+                      RecipeLayoutWarning, stacklevel=3)
+        parts, name = [section, "sampling", name], "sampling"
+    if name not in fields:
+        raise LatentmapError(f"--set {text}: unknown key {section}.{name}{_did_you_mean(name, fields, section)} (recipe {where})")
+    if len(parts) > 2:
+        if name != "sampling":
+            raise LatentmapError(f"--set {text}: {section}.{name} has no sub-keys (recipe {where})")
+        target = values.setdefault("sampling", {}) or {}
+        values["sampling"] = target
         target[parts[-1]] = value
         return
     kind = fields[name].metadata.get("path")
     if kind and isinstance(value, str) and value:
         value = _resolve_file_paths({section: {name: value}}, Path.cwd(), "--set")[section][name]
     values[name] = value
+
+
+def _build_component(cls: type, values: dict[str, Any], section: str, where: str) -> ComponentSection:
+    """A component section: its ``name`` resolved in the registry, the rest validated as that component's options."""
+    from latentmap.plugins import validate_options
+
+    values = dict(values)
+    name = values.pop("name", cls().name)
+    if not isinstance(name, str) or not name:
+        raise LatentmapError(f"{where}: {section}.name must be a registered {section} name, got {name!r}")
+    try:
+        options = validate_options(cls.KIND, name, values, where=where)
+    except UnknownNameError as exc:
+        raise LatentmapError(f"{where}: {section}.name: {exc}") from None
+    return cls(name=name, options=options)
+
+
+def _sampling_class(prior_name: str) -> type:
+    from latentmap.plugins import resolve
+
+    return resolve("priors", prior_name).sampling
 
 
 def _build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
@@ -352,105 +429,12 @@ def _build_section(cls: type, values: dict[str, Any], section: str, where: str) 
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in fields:
-            raise LatentmapError(f"{where}: unknown key {key!r}{_suggest(name, fields, section)}")
-        kwargs[name] = _check_value(value, hints[name], fields[name], key, where)
+            raise LatentmapError(f"{where}: unknown key {key!r}{_did_you_mean(name, fields, section)}")
+        if name == "sampling":  # validated against the prior's declaration once the prior is known
+            continue
+        if isinstance(value, _MissingFile):
+            raise LatentmapError(
+                f"{where}: {key}: file not found: {value.value} (looked in {value.base_dir} and {PACKAGED_PROMPTS})"
+            )
+        kwargs[name] = check_value(value, hints[name], fields[name], key, where)
     return cls(**kwargs)
-
-
-def _check_value(value: Any, hint: Any, f: dataclasses.Field, key: str, where: str) -> Any:
-    if isinstance(value, _MissingFile):
-        raise LatentmapError(
-            f"{where}: {key}: file not found: {value.value} (looked in {value.base_dir} and {PACKAGED_PROMPTS})"
-        )
-    value = _coerce(value, hint, key, where)
-    meta = f.metadata
-    if value is None:
-        return value
-    if "choices" in meta and value not in meta["choices"]:
-        raise LatentmapError(f"{where}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    if "min" in meta and value < meta["min"]:
-        raise LatentmapError(f"{where}: {key} must be >= {meta['min']}, got {value!r}")
-    if "max" in meta and value > meta["max"]:
-        raise LatentmapError(f"{where}: {key} must be <= {meta['max']}, got {value!r}")
-    if "max_open" in meta and value >= meta["max_open"]:
-        raise LatentmapError(f"{where}: {key} must be < {meta['max_open']}, got {value!r}")
-    return value
-
-
-def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the field type; lenient only where YAML itself is surprising."""
-
-    def wrong(expected: str) -> LatentmapError:
-        return LatentmapError(f"{where}: {key} must be {expected}, got {value!r}")
-
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)  # 1.0e6 written for a step count
-            raise wrong("an integer")
-        return value
-    if hint is float:
-        # PyYAML reads "1e-4" (no dot) as a string: accept any string Python reads as a number.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise wrong("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise wrong("a finite number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str) or not value:
-            raise wrong("a non-empty string")
-        return value
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise wrong("a path")
-        return Path(value)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if type(None) in args:  # an optional field: None, or a value of the other type
-        if value is None:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, where)
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise wrong("a mapping")
-        return dict(value)
-    if origin is list:
-        if isinstance(value, str) and args[0] is str:
-            return [value]
-        if not isinstance(value, list):
-            raise wrong("a list")
-        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise wrong(f"a list of {len(args)} numbers")
-        return tuple(_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))
-    raise TypeError(f"recipe field {key} has an unsupported type {hint!r}")  # a bug in this module
-
-
-def _suggest(name: str, known: Iterable[str], section: str | None = None) -> str:
-    known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    prefix = f"{section}." if section else ""
-    if close:
-        return f" (did you mean {prefix}{close[0]}?)"
-    return f" (known: {', '.join(prefix + k for k in known)})"
-
-
-def _plain(value: Any) -> Any:
-    """Deep copy of nested dicts/lists with Paths as strings (JSON-ready)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -44,7 +44,7 @@ class SampleResult:
     labels: list[str]
     kind: str  # "text" or "image"
     seed: int
-    settings: SamplerSettings
+    settings: SamplerSettings | None  # None: no prior sampled them (direct optimisation from random latents)
     latents: Tensor
     per_layer: Tensor
     scores: Tensor
@@ -238,7 +238,7 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike, *, info: dic
                 "image": str(image_file.relative_to(out)),
                 "latent_file": str(latent_file.relative_to(out)),
                 "latent_index": k,
-                "settings": result.settings.to_dict(),
+                "settings": result.settings.to_dict() if result.settings is not None else None,
                 **{key: value for key, value in result.extra.items() if value is not None},
                 **(info or {}),
             })

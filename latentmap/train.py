@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import yaml
 
+from latentmap.distributed import World, join_world
 from latentmap.errors import LatentmapError
+from latentmap.identity import require_same
 from latentmap.interfaces import Encoder, Generator, Prior
 from latentmap.recipe import Recipe, read_prompts
-from latentmap.training.distributed import World, setup_world, teardown_world
 from latentmap.training.ema import EMA
 from latentmap.training.loop import LoopSettings, Trainer, TrainResult
 from latentmap.training.metrics import MetricsLog
@@ -43,11 +44,11 @@ def train(recipe: Recipe, *, resume: bool = False, validation: bool = True, prog
     """Train the prior a recipe describes; returns a summary. Resumes exactly with ``resume=True``."""
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
-    world = setup_world(recipe.train.device)
+    world = join_world(recipe.train.device)
     try:
         return _train(recipe, world, resume=resume, validation=validation, progress=progress)
     finally:
-        teardown_world(world)
+        world.close()
 
 
 def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, progress: bool) -> TrainResult:
@@ -71,7 +72,7 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
     identities = {"encoder": manifest.encoder, "generator": manifest.generator, "space": manifest.space}
     validate_fn = None
     if world.is_main and validation:
-        validate_fn = make_validator(recipe, dataset, out, world.device)
+        validate_fn = make_validator(recipe, dataset, out, world.device, prior)
 
     def save(path: Path, model: Prior, extra: dict[str, Any]) -> None:
         from latentmap.checkpoint import save_prior
@@ -123,6 +124,8 @@ def dataset_identity(manifest: Any) -> dict[str, Any]:
 
 def _check_compatible(info: dict[str, Any], prior: Prior, dataset: dict[str, Any], path: Path) -> None:
     """Refuse to resume a state with a different prior or dataset (one line naming the difference)."""
+    from latentmap.checkpoint import stored_prior_entry
+
     stored_data = info.get("dataset", dataset)
     for key in ("generator", "encoder", "samples", "seed", "shards"):
         if stored_data.get(key) != dataset.get(key):
@@ -130,13 +133,17 @@ def _check_compatible(info: dict[str, Any], prior: Prior, dataset: dict[str, Any
                 f"cannot resume from {path}: it was trained on a different dataset ({key} differs); "
                 "point data.dir at the original dataset or start a new train.out"
             )
-    stored = info.get("prior", {})
-    current = prior.config_dict()
-    for key in sorted(set(stored) | set(current)):
-        if stored.get(key) != current.get(key):
+    stored, current = stored_prior_entry(info.get("prior", {})), prior.config_dict()
+    if stored.get("name") != current["name"]:
+        raise LatentmapError(f"cannot resume from {path}: it trained prior {stored.get('name')!r}, "
+                             f"the recipe now names {current['name']!r}")
+    old = {**(stored.get("shape") or {}), **(stored.get("options") or {})}
+    new = {**current["shape"], **current["options"]}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
             raise LatentmapError(
-                f"cannot resume from {path}: it was trained with prior.{key}={stored.get(key)!r}, "
-                f"the recipe now says {current.get(key)!r}"
+                f"cannot resume from {path}: it was trained with prior.{key}={old.get(key)!r}, "
+                f"the recipe now says {new.get(key)!r}"
             )
 
 
@@ -157,16 +164,13 @@ def open_dataset(recipe: Recipe, world: World) -> Any:
 
 
 def build_prior(recipe: Recipe, manifest: Any) -> Prior:
-    """A fresh prior sized by the dataset, with the dataset's latent statistics."""
+    """A fresh prior of the recipe's kind, sized by the dataset, with the dataset's latent statistics."""
     from latentmap import get_prior
 
     tokens, latent_dim = manifest.latent_shape
-    prior = get_prior(
-        recipe.prior.name, latent_dim=latent_dim, tokens=tokens, cond_dim=manifest.embed_dim,
-        **recipe.prior.factory_options(),
-    )
-    if hasattr(prior, "set_latent_stats"):
-        prior.set_latent_stats(manifest.latent_mean, manifest.latent_std)
+    prior = get_prior(recipe.prior.name, tokens=tokens, latent_dim=latent_dim, cond_dim=manifest.embed_dim,
+                      **recipe.prior.factory_options())
+    prior.set_latent_stats(manifest.latent_mean, manifest.latent_std)
     return prior
 
 
@@ -177,30 +181,25 @@ def load_models(recipe: Recipe, manifest: Any, device: torch.device) -> tuple[Ge
     generator = get_generator(recipe.generator.name, **recipe.generator.factory_options())
     encoder = get_encoder(recipe.encoder.name, **recipe.encoder.factory_options())
     where = recipe.source or "recipe"
-    for role, identity, built in (("generator", generator.identity(), manifest.generator),
-                                  ("encoder", encoder.identity(), manifest.encoder)):
-        for key in sorted(set(identity) & set(built)):
-            if identity[key] != built[key]:
-                raise LatentmapError(
-                    f"{where}: {role} {key}={identity[key]!r} differs from the one dataset {recipe.data.dir} "
-                    f"was built with ({built[key]!r})"
-                )
+    for role, built, made in (("generator", manifest.generator, generator), ("encoder", manifest.encoder, encoder)):
+        require_same(role, built, made.identity(),
+                     context=f"{where}: the {role} is not the one dataset {recipe.data.dir} was built with")
     return generator.to(device), encoder.to(device)
 
 
-def make_validator(recipe: Recipe, dataset: Any, out: Path, device: torch.device) -> Any:
+def make_validator(recipe: Recipe, dataset: Any, out: Path, device: torch.device, prior: Prior) -> Any:
     """A ``validate(ema_model, step)`` closure for the Trainer (rank 0)."""
     v = recipe.validation
     generator, encoder = load_models(recipe, dataset.manifest, device)
     prompts = read_prompts(v.prompts)
     holdout = dataset.holdout_set() if v.image_conditions > 0 else (torch.zeros(0), torch.zeros(0))
     vset: ValidationSet = prepare_validation(encoder, prompts, holdout, image_conditions=v.image_conditions)
-    mismatch = condition_scale_mismatch(vset, normalize_cond=recipe.prior.normalize_cond)
+    mismatch = condition_scale_mismatch(vset, normalize_cond=prior.normalizes_conditions)
     if mismatch:
         print(f"warning: {mismatch}", file=sys.stderr)
     options = ValidationOptions(
-        samples_per_prompt=v.samples_per_prompt, steps=v.steps, sampler=v.sampler, guidance=v.guidance,
-        batch_size=v.batch_size, seed=recipe.train.seed,
+        samples_per_prompt=v.samples_per_prompt, sampling=prior.sampling(v.sampling), batch_size=v.batch_size,
+        seed=recipe.train.seed,
     )
 
     def run(model: Prior, step: int) -> dict[str, float]:

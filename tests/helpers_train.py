@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,7 +44,7 @@ def tiny_recipe(folder: Path, data: Path, **sections: dict) -> Path:
         "train": {"out": "run", "steps": 200, "batch_size": 64, "lr": 1.0e-3, "ema_beta": 0.99, "ema_every": 1,
                   "log_every": 20, "checkpoint_every": 100, "tensorboard": False},
         "validation": {"prompts": "val.txt", "samples_per_prompt": 2, "every": 100, "image_conditions": 32,
-                       "steps": 10},
+                       "sampling": {"steps": 10}},
     }
     for section, values in sections.items():
         recipe.setdefault(section, {}).update(values)
@@ -73,3 +76,28 @@ class one_thread:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.threads)
+
+
+def kill_after_first_state(command: list[str], states: Path, *, env: dict[str, str] | None = None,
+                           cwd: Path | None = None, timeout: float = 240.0) -> int:
+    """Start ``command``, SIGKILL it as soon as a state file exists; returns that state's step (a crash at hour 8)."""
+    from latentmap.training.state import latest_state, load_state
+
+    process = subprocess.Popen(command, env=env if env is not None else subprocess_env(), cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while latest_state(states) is None:
+            if process.poll() is not None:
+                raise AssertionError(f"training exited early: {process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("no training state appeared in time")
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return int(load_state(latest_state(states))[1]["step"])

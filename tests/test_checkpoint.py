@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from latentmap.checkpoint import check_identity, load_extra_tensors, load_prior, read_metadata, save_prior
+from latentmap.checkpoint import load_extra_tensors, load_prior, read_metadata, save_prior
 from latentmap.errors import LatentmapError
 from latentmap.prior import DiffusionPrior
 
@@ -24,7 +24,7 @@ METADATA = {
 @pytest.fixture()
 def prior():
     torch.manual_seed(0)
-    model = DiffusionPrior(**TINY, objective="noise", schedule="linear")
+    model = DiffusionPrior.create(**TINY, objective="noise", schedule="linear")
     model.set_latent_stats(torch.randn(3, 12), torch.rand(3, 12) + 0.5)
     return model
 
@@ -35,16 +35,17 @@ def test_round_trip_rebuilds_the_same_prior(tmp_path, prior):
     save_prior(path, prior, metadata=METADATA, extra_tensors=online)
     loaded, metadata = load_prior(path)
     assert not loaded.training
-    assert loaded.config == prior.config
+    assert (loaded.shape, loaded.options) == (prior.shape, prior.options)
     for key, value in prior.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert metadata["format"] == "latentmap-prior" and metadata["version"] == 1
-    assert metadata["prior"]["objective"] == "noise" and metadata["prior"]["tokens"] == 3
+    assert metadata["format"] == "latentmap-prior" and metadata["version"] == 2
+    assert metadata["prior"]["name"] == "diffusion"
+    assert metadata["prior"]["options"]["objective"] == "noise" and metadata["prior"]["shape"]["tokens"] == 3
     for key, value in METADATA.items():
         assert metadata[key] == value
     cond = torch.randn(4, 10)
-    a = prior.sample(cond, steps=5, guidance=2.0, generator=torch.Generator().manual_seed(3))
-    b = loaded.sample(cond, steps=5, guidance=2.0, generator=torch.Generator().manual_seed(3))
+    a = prior.sample(cond, prior.sampling(steps=5, guidance=2.0), generator=torch.Generator().manual_seed(3))
+    b = loaded.sample(cond, loaded.sampling(steps=5, guidance=2.0), generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     extra = load_extra_tensors(path, prefix="online.")
     assert set(extra) == set(online)
@@ -95,10 +96,25 @@ def test_tampered_tensors_are_named(tmp_path, prior):
         load_prior(broken)
 
 
-def test_identity_checks(tmp_path, prior):
+def test_version_1_checkpoints_still_load(tmp_path, prior):
+    """Files written before priors were pluggable hold the diffusion prior's flat config."""
+    path = tmp_path / "v1.safetensors"
+    flat = {**prior.config_dict()["shape"], **prior.config_dict()["options"]}
+    document = {"format": "latentmap-prior", "version": 1, "prior": flat, "extra_tensors": []}
+    save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, path,
+              metadata={"latentmap": json.dumps(document)})
+    loaded, metadata = load_prior(path)
+    assert metadata["prior"]["name"] == "diffusion" and loaded.options == prior.options
+    assert torch.equal(loaded.net.time_embed.weight, prior.net.time_embed.weight)
+
+
+def test_a_prior_whose_plugin_is_missing_is_named(tmp_path, prior):
     path = tmp_path / "ckpt.safetensors"
-    save_prior(path, prior, metadata=METADATA)
-    metadata = read_metadata(path)
-    check_identity(metadata, "encoder", {"name": "openclip:ViT-B-32/openai", "embed_dim": 10, "extra": 1})
-    with pytest.raises(LatentmapError, match="generator name='shapes'.*'stylegan2-ffhq'"):
-        check_identity(metadata, "generator", {"name": "stylegan2-ffhq"})
+    save_prior(path, prior, metadata={})
+    document = read_metadata(path)
+    document["prior"]["name"] = "not-installed"
+    save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, tmp_path / "other.safetensors",
+              metadata={"latentmap": json.dumps(document)})
+    with pytest.raises(LatentmapError, match=r"holds a 'not-installed' prior, but no installed plugin registers "
+                                             r"prior 'not-installed' \(installed priors: diffusion"):
+        load_prior(tmp_path / "other.safetensors")

@@ -23,7 +23,7 @@ from latentmap.edit import (
     truncate,
 )
 from latentmap.errors import LatentmapError
-from latentmap.pipeline import SamplerSettings, load_pipeline
+from latentmap.pipeline import load_pipeline
 from latentmap.sample import sample, write_samples
 
 
@@ -36,7 +36,7 @@ def pipeline():
 
 @pytest.fixture(scope="module")
 def red_minus_blue(pipeline):
-    return discover_direction(pipeline, "red", "blue", samples=48, seed=0, settings=SamplerSettings(steps=10))
+    return discover_direction(pipeline, "red", "blue", samples=48, seed=0, settings=pipeline.settings(steps=10))
 
 
 def test_truncate_moves_toward_the_mean():
@@ -62,7 +62,7 @@ def test_parse_layers_and_strengths():
 
 def test_direction_points_from_negative_to_positive(pipeline, red_minus_blue):
     # fresh samples (another seed) for each prompt project further along the direction for red
-    settings = SamplerSettings(steps=10)
+    settings = pipeline.settings(steps=10)
     red = sample(pipeline, ["red"], candidates=32, keep=32, seed=11, settings=settings, keep_images=False,
                  progress=False).latents[0]
     blue = sample(pipeline, ["blue"], candidates=32, keep=32, seed=12, settings=settings, keep_images=False,
@@ -211,7 +211,7 @@ def test_cli_direction_from_image_sets(pipeline, tmp_path):
                                       "--samples", "16", "--out", str(out)])
     assert result.exit_code == 0, result.output
     from_images = load_direction(out).vector.flatten()
-    from_text = discover_direction(pipeline, "red", "blue", samples=16, settings=SamplerSettings(steps=10)).vector
+    from_text = discover_direction(pipeline, "red", "blue", samples=16, settings=pipeline.settings(steps=10)).vector
     # both say "more red, less blue": they point the same way
     assert torch.nn.functional.cosine_similarity(from_images, from_text.flatten(), dim=0) > 0.5
 

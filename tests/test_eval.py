@@ -12,7 +12,7 @@ import helpers_colour
 from latentmap.checkpoint import load_prior, save_prior
 from latentmap.cli import cli
 from latentmap.evaluate import AttributeWorld, attribute_accuracy, evaluate, prefixed
-from latentmap.pipeline import SamplerSettings, load_pipeline
+from latentmap.pipeline import load_pipeline
 
 PROMPTS = ["red", "green", "blue", "yellow"]
 
@@ -29,7 +29,7 @@ def test_prefix_is_joined_with_one_space():
 
 
 def test_report_scores_and_attribute_accuracy(pipeline):
-    report = evaluate(pipeline, PROMPTS, prefix="a photo of a", candidates=8, settings=SamplerSettings(steps=10),
+    report = evaluate(pipeline, PROMPTS, prefix="a photo of a", candidates=8, settings=pipeline.settings(steps=10),
                       seed=0, progress=False)
     assert report["prompts"] == 4 and report["candidates"] == 8
     assert report["clip_score_reranked"] > report["clip_score"] > 0.5
@@ -45,9 +45,9 @@ def test_report_scores_and_attribute_accuracy(pipeline):
 
 
 def test_batching_prompts_does_not_change_the_method(pipeline):
-    one = evaluate(pipeline, PROMPTS[:2], prefix=None, candidates=4, settings=SamplerSettings(steps=5), seed=3,
+    one = evaluate(pipeline, PROMPTS[:2], prefix=None, candidates=4, settings=pipeline.settings(steps=5), seed=3,
                    warmup=False, progress=False)
-    both = evaluate(pipeline, PROMPTS[:2], prefix=None, candidates=4, settings=SamplerSettings(steps=5), seed=3,
+    both = evaluate(pipeline, PROMPTS[:2], prefix=None, candidates=4, settings=pipeline.settings(steps=5), seed=3,
                     prompts_per_batch=2, warmup=False, progress=False)
     assert both["prompts_per_batch"] == 2
     assert abs(one["clip_score"] - both["clip_score"]) < 0.1  # different noise, same distribution
@@ -90,7 +90,8 @@ def test_worlds_without_attributes_report_scores_only(pipeline, tmp_path):
                                       "generator": {**generator.identity(), "options": {"space": "w3", "dim": 4}},
                                       "encoder": encoder.identity(),
                                       "space": generator.space.to_dict()})
-    report = evaluate(load_pipeline(path), ["anything"], candidates=2, settings=SamplerSettings(steps=3),
+    loaded = load_pipeline(path)
+    report = evaluate(loaded, ["anything"], candidates=2, settings=loaded.settings(steps=3),
                       progress=False)
     assert "attribute_accuracy" not in report
     assert -1.0 <= report["clip_score"] <= report["clip_score_reranked"] <= 1.0

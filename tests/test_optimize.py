@@ -13,7 +13,7 @@ import helpers_tiny
 import latentmap
 from latentmap.cli import cli
 from latentmap.optimize import OptimizeSettings, initial_latents, optimize
-from latentmap.pipeline import SamplerSettings, load_pipeline
+from latentmap.pipeline import load_pipeline
 from latentmap.sample import sample
 from latentmap.scoring import image_text_scores
 
@@ -59,7 +59,7 @@ def test_optimisation_on_the_tiny_random_world_per_layer():
 def test_prior_initialised_optimisation_never_gets_worse(colour_world):
     helpers_colour.ensure_registered()
     pipeline = load_pipeline(helpers_colour.colour_checkpoint(), device="cpu")
-    settings = SamplerSettings(steps=10)
+    settings = pipeline.settings(steps=10)
     baseline = sample(pipeline, ["cyan"], candidates=4, keep=4, settings=settings, seed=2, keep_images=False,
                       progress=False)
     refined = optimize(pipeline.generator, pipeline.encoder, ["cyan"], settings=OptimizeSettings(steps=5, lr=0.05,

@@ -7,7 +7,7 @@ import torch
 
 import latentmap
 from latentmap.errors import LatentmapError
-from latentmap.prior import DiffusionPrior, PriorConfig
+from latentmap.prior import DiffusionOptions, DiffusionPrior
 from latentmap.prior import samplers as S
 from latentmap.prior.schedule import clip2latent_respace, make_schedule, respace, spaced_timesteps
 
@@ -25,7 +25,7 @@ def trained():
         cond = torch.randn(n, 6, generator=g)
         return (cond @ mapping).reshape(n, 2, 8) * 2 + 3, cond
 
-    prior = DiffusionPrior(**TINY)
+    prior = DiffusionPrior.create(**TINY)
     g = torch.Generator().manual_seed(1)
     latents, _ = batch(4096, g)
     prior.set_latent_stats(latents.mean(0), latents.std(0))
@@ -51,7 +51,7 @@ def test_training_loss_goes_down(trained):
 def test_samples_follow_the_condition(trained, options):
     prior, batch, _ = trained
     latents, cond = batch(256, torch.Generator().manual_seed(9))
-    samples = prior.sample(cond, generator=torch.Generator().manual_seed(2), **options)
+    samples = prior.sample(cond, prior.sampling(**options), generator=torch.Generator().manual_seed(2))
     assert samples.shape == (256, 2, 8)
     matched = ((samples - latents) ** 2).mean()
     shuffled = ((samples - latents[torch.randperm(256)]) ** 2).mean()
@@ -61,9 +61,9 @@ def test_samples_follow_the_condition(trained, options):
 def test_sampling_is_deterministic_given_a_generator(trained):
     prior, batch, _ = trained
     _, cond = batch(8, torch.Generator().manual_seed(3))
-    a = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(5))
-    b = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(5))
-    c = prior.sample(cond, steps=7, guidance=1.5, generator=torch.Generator().manual_seed(6))
+    a = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(5))
+    b = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(5))
+    c = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3
 
@@ -79,7 +79,7 @@ def test_guidance_is_one_batched_pass_equal_to_two_passes(trained):
         guided = prior.denoise(x_t, t, cond, guidance=2.5)
         assert calls == [10], "conditional and null halves go through the network together"
         calls.clear()
-        prior.sample(cond, steps=4, guidance=2.5, generator=torch.Generator().manual_seed(0))
+        prior.sample(cond, prior.sampling(steps=4, guidance=2.5), generator=torch.Generator().manual_seed(0))
         assert calls == [10] * 4, "one network call per sampling step"
     finally:
         handle.remove()
@@ -87,16 +87,6 @@ def test_guidance_is_one_batched_pass_equal_to_two_passes(trained):
         conditional = prior.net(x_t, t, cond, torch.ones(5, dtype=torch.bool))
         null = prior.net(x_t, t, cond, torch.zeros(5, dtype=torch.bool))
     assert (guided - (null + (conditional - null) * 2.5)).abs().max() < 1e-5
-
-
-def test_truncation_moves_toward_the_latent_mean(trained):
-    prior, batch, _ = trained
-    _, cond = batch(4, torch.Generator().manual_seed(3))
-    full = prior.sample(cond, steps=5, generator=torch.Generator().manual_seed(1))
-    half = prior.sample(cond, steps=5, truncation=0.5, generator=torch.Generator().manual_seed(1))
-    none = prior.sample(cond, steps=5, truncation=0.0, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(none, prior.latent_mean.expand_as(none), atol=1e-6)
-    assert torch.allclose(half, prior.latent_mean + 0.5 * (full - prior.latent_mean), atol=1e-5)
 
 
 # --------------------------------------------------------------- samplers against an exact denoiser
@@ -172,7 +162,7 @@ def test_spaced_timesteps_and_linear_schedule():
 
 
 def test_noise_objective_recovers_x0_from_true_noise():
-    prior = DiffusionPrior(**TINY, objective="noise")
+    prior = DiffusionPrior.create(**TINY, objective="noise")
     x0, eps = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
     t = torch.tensor([0, 5, 50, 90])  # not 99: ᾱ ≈ 0 there, so x0 is not recoverable in float32
     assert torch.allclose(prior.predict_x0(prior.q_sample(x0, t, eps), t, eps), x0, atol=1e-4)
@@ -180,7 +170,7 @@ def test_noise_objective_recovers_x0_from_true_noise():
 
 def test_condition_normalisation_ignores_scale():
     torch.manual_seed(0)
-    prior = DiffusionPrior(**TINY, normalize_cond=True).eval()
+    prior = DiffusionPrior.create(**TINY, normalize_cond=True).eval()
     cond, x_t = torch.randn(3, 6), torch.randn(3, 2, 8)
     assert torch.allclose(prior.denoise(x_t, 7, cond), prior.denoise(x_t, 7, cond * 5.0), atol=1e-6)
 
@@ -188,41 +178,45 @@ def test_condition_normalisation_ignores_scale():
 def test_registered_as_prior_diffusion():
     prior = latentmap.get_prior("diffusion", **TINY)
     assert isinstance(prior, DiffusionPrior)
-    assert prior.config_dict() == {**PriorConfig().__dict__, **TINY}
+    shape = {k: TINY[k] for k in ("tokens", "latent_dim", "cond_dim")}
+    options = {k: v for k, v in TINY.items() if k not in shape}
+    assert prior.config_dict() == {"name": "diffusion", "shape": shape,
+                                   "options": {**DiffusionOptions().__dict__, **options}}
 
 
 # ------------------------------------------------------------------------------------ bad input
 def test_bad_input_errors_are_clear():
-    prior = DiffusionPrior(**TINY)
+    prior = DiffusionPrior.create(**TINY)
     with pytest.raises(LatentmapError, match=r"condition has shape \(2, 5\).*\(B, 6\)"):
         prior.sample(torch.randn(2, 5))
     with pytest.raises(LatentmapError, match=r"latents of shape \(B, 2, 8\), got \(2, 16\)"):
         prior.loss(torch.randn(2, 16), torch.randn(2, 6))
     with pytest.raises(LatentmapError, match="steps must be an integer from 1 to the model's 100 timesteps, got 101"):
-        prior.sample(torch.randn(2, 6), steps=101)
+        prior.sample(torch.randn(2, 6), prior.sampling(steps=101))
     with pytest.raises(LatentmapError, match="got 0"):
-        prior.sample(torch.randn(2, 6), steps=0)
+        prior.sample(torch.randn(2, 6), prior.sampling(steps=0))
     with pytest.raises(LatentmapError, match="divide the model's 100 timesteps, got 7"):
-        prior.sample(torch.randn(2, 6), steps=7, sampler="clip2latent")
-    with pytest.raises(LatentmapError, match="unknown sampler 'euler'"):
-        prior.sample(torch.randn(2, 6), sampler="euler")
-    with pytest.raises(LatentmapError, match="unknown prior option 'width'"):
-        DiffusionPrior(width=3)
-    with pytest.raises(LatentmapError, match="schedule must be one of cosine, linear, got 'sigmoid'"):
-        DiffusionPrior(schedule="sigmoid")
+        prior.sample(torch.randn(2, 6), prior.sampling(steps=7, sampler="clip2latent"))
+    with pytest.raises(LatentmapError, match="sampler' must be one of ddim, ddpm, clip2latent; got 'euler'"):
+        prior.sample(torch.randn(2, 6), prior.sampling(sampler="euler"))
+    with pytest.raises(LatentmapError, match="prior 'diffusion' has no option 'width' \\(did you mean 'depth'\\?\\)"):
+        DiffusionPrior.create(**TINY, width=3)
+    with pytest.raises(LatentmapError, match="option 'schedule' must be one of cosine, linear; got 'sigmoid'"):
+        DiffusionPrior.create(**TINY, schedule="sigmoid")
     with pytest.raises(LatentmapError, match=r"latent std has shape \(5,\)"):
         prior.set_latent_stats(torch.zeros(16), torch.ones(5))
-    no_dropout = DiffusionPrior(**TINY, cond_drop_prob=0.0)
+    no_dropout = DiffusionPrior.create(**TINY, cond_drop_prob=0.0)
     with pytest.raises(LatentmapError, match="guidance 2.0 needs a prior trained with condition dropout"):
-        no_dropout.sample(torch.randn(2, 6), steps=2, guidance=2.0)
+        no_dropout.sample(torch.randn(2, 6), no_dropout.sampling(steps=2, guidance=2.0))
 
 
 @pytest.mark.parametrize(
     "options,count",
     [({}, 48_767_872), ({"depth": 6, "heads": 8}, 23_198_720), ({"tokens": 3}, 48_768_896)],
+    ids=["paper", "small", "w3"],
 )
 def test_parameter_counts_match_dalle2_pytorch(options, count):
     """Paper/`mid`, clip2latent `small`, and the w3 network: exactly DALLE2-pytorch 0.2.38's counts."""
     with torch.device("meta"):  # count without allocating 48M weights
-        prior = DiffusionPrior(**options)
+        prior = DiffusionPrior.create(**{"tokens": 1, "latent_dim": 512, "cond_dim": 512, **options})
     assert sum(p.numel() for p in prior.parameters() if p.requires_grad) == count

@@ -14,7 +14,10 @@ from safetensors.torch import load_file
 from latentmap.checkpoint import load_extra_tensors, load_prior
 from latentmap.cli import cli
 from latentmap.errors import LatentmapError
-from latentmap.prior import PriorConfig
+from latentmap.interfaces import PriorShape
+from latentmap.prior import DiffusionOptions
+
+PAPER = (PriorShape(tokens=1, latent_dim=512, cond_dim=512), DiffusionOptions())
 from latentmap.prior.clip2latent import (
     DOUBLE_NORM_PREPROCESS,
     convert_state_dict,
@@ -101,7 +104,7 @@ def test_latent_repeats_must_match_latent_count(tmp_path):
 def test_mid_config_is_inferred_from_shapes(mid_state):
     state = select_weights(mid_state, "ema")
     config = infer_config(state)
-    assert config == PriorConfig()  # the paper's config: dim 512, depth 12, heads 12, dim_head 64, 1000 steps
+    assert config == PAPER  # the paper's config: dim 512, depth 12, heads 12, dim_head 64, 1000 steps
     converted = convert_state_dict(state, config)
     assert len(converted) == 139
     assert converted["net.learned_query"].shape == (1, 512)
@@ -113,14 +116,14 @@ def test_missing_key_is_named(mid_state):
     state = dict(select_weights(mid_state, "ema"))
     del state["net.causal_transformer.layers.7.0.to_kv.weight"]
     with pytest.raises(LatentmapError, match=r"net\.layers\.7\.attn\.to_kv\.weight"):
-        convert_state_dict(state, PriorConfig())
+        convert_state_dict(state, PAPER)
 
 
 def test_unexpected_key_is_named(mid_state):
     state = dict(select_weights(mid_state, "ema"))
     state["net.causal_transformer.layers.3.0.to_q.bias"] = torch.zeros(768)
     with pytest.raises(LatentmapError, match=r"unexpected key 'net\.causal_transformer\.layers\.3\.0\.to_q\.bias'"):
-        convert_state_dict(state, PriorConfig())
+        convert_state_dict(state, PAPER)
     trainer_state = dict(mid_state)
     trainer_state["optimizer.lr"] = torch.zeros(1)
     with pytest.raises(LatentmapError, match=r"unexpected key 'optimizer\.lr'"):
@@ -131,11 +134,11 @@ def test_nonzero_layernorm_bias_and_wrong_shape_are_errors(mid_state):
     state = dict(select_weights(mid_state, "ema"))
     state["net.causal_transformer.norm.beta"] = torch.ones(512)
     with pytest.raises(LatentmapError, match=r"'net\.causal_transformer\.norm\.beta' is not zero"):
-        convert_state_dict(state, PriorConfig())
+        convert_state_dict(state, PAPER)
     state = dict(select_weights(mid_state, "ema"))
     state["latent_std"] = torch.ones(3, 512)
     with pytest.raises(LatentmapError, match="latent_std"):
-        convert_state_dict(state, PriorConfig())
+        convert_state_dict(state, PAPER)
 
 
 class _Exploit:

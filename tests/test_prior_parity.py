@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from latentmap.edit import truncate
 from latentmap.prior.clip2latent import import_clip2latent, prior_from_dalle2_state
 from latentmap.prior.network import relative_position_buckets
 from latentmap.prior.samplers import RecordedNoise
@@ -58,7 +59,7 @@ def as_tokens(x: torch.Tensor, tokens: int) -> torch.Tensor:
 def recorded_trace(prior, cond, init, steps_noise, **options):
     trace = []
     noise = RecordedNoise([init, *steps_noise.unbind(0)])
-    out = prior.sample(cond, noise=noise, callback=lambda info: trace.append(info["x"].clone()), **options)
+    out = prior.sample(cond, prior.sampling(**options), noise=noise, callback=lambda info: trace.append(info["x"].clone()))
     assert noise.used == 1 + steps_noise.shape[0], "every recorded noise tensor is consumed"
     return out, torch.stack(trace)
 
@@ -94,7 +95,7 @@ def test_relative_position_buckets(tiny_w):
 @pytest.mark.parametrize("variant", ["tiny_w", "tiny_w3"])
 def test_network_internals_layer_by_layer(variant, request):
     prior, cases = request.getfixturevalue(variant)
-    tokens = prior.config.tokens
+    tokens = prior.shape.tokens
     x_t, t, cond = as_tokens(cases["x_t"], tokens), cases["times"], cases["text_embed"]
     with torch.no_grad():
         x = prior.net.tokens_in(x_t, t, cond)
@@ -114,7 +115,7 @@ def test_network_internals_layer_by_layer(variant, request):
 @pytest.mark.parametrize("variant", ["tiny_w", "tiny_w3"])
 def test_network_outputs_cond_null_mixed(variant, request):
     prior, cases = request.getfixturevalue(variant)
-    tokens = prior.config.tokens
+    tokens = prior.shape.tokens
     x_t, t, cond = as_tokens(cases["x_t"], tokens), cases["times"], cases["text_embed"]
     with torch.no_grad():
         cond_out = prior.net(x_t, t, cond, keep_all(4))
@@ -138,7 +139,7 @@ def test_training_loss_with_given_draws(tiny_w):
 @pytest.mark.parametrize("variant,scales", [("tiny_w", (1.0, 3.0)), ("tiny_w3", (3.0,))])
 def test_guided_prediction_and_posterior(variant, scales, request):
     prior, cases = request.getfixturevalue(variant)
-    tokens = prior.config.tokens
+    tokens = prior.shape.tokens
     x_t, t, cond = as_tokens(cases["x_t"], tokens), cases["times"], cases["text_embed"]
     with torch.no_grad():
         for scale in scales:
@@ -158,7 +159,8 @@ def test_ancestral_trace_with_recorded_noise(tiny_w, guidance):
     prior, cases = tiny_w
     tag = f"cs{guidance:g}"
     out, trace = recorded_trace(
-        prior, cases["sample_text_embed"], cases["sample_init_noise"], cases["sample_step_noise"], guidance=guidance
+        prior, cases["sample_text_embed"], cases["sample_init_noise"], cases["sample_step_noise"], guidance=guidance,
+        sampler="ddpm", steps=None,
     )
     close(trace, cases[f"sample_traj_{tag}"])
     close(out, cases[f"sample_out_{tag}"])
@@ -170,7 +172,7 @@ def test_clip2latent_respaced_trace(tiny_w):
     trace = []
     noise = RecordedNoise([cases["respaced10_init_noise"], *cases["respaced10_step_noise"].unbind(0)])
     out = prior.sample(
-        cases["text_embed"], sampler="clip2latent", steps=10, guidance=2.0, noise=noise,
+        cases["text_embed"], prior.sampling(sampler="clip2latent", steps=10, guidance=2.0), noise=noise,
         callback=lambda info: (trace.append(info["x"].clone()), steps.append(info["t"])),
     )
     assert steps == cases["respaced10_times"].tolist()
@@ -184,7 +186,7 @@ def test_w3_clip2latent_sample(tiny_w3):
     noise = RecordedNoise([cases["sample_init_noise"], *cases["sample_step_noise"].unbind(0)])
     trace = []
     out = prior.sample(
-        cases["text_embed"], sampler="clip2latent", steps=10, guidance=2.0, noise=noise,
+        cases["text_embed"], prior.sampling(sampler="clip2latent", steps=10, guidance=2.0), noise=noise,
         callback=lambda info: (trace.append(info["x"].clone()), times.append(info["t"])),
     )
     assert times == cases["sample_times"].tolist()
@@ -210,9 +212,10 @@ def test_imported_checkpoint_sampling(c2l_tiny, tiny_w, truncation, key):
     trace = []
     noise = RecordedNoise([cases["respaced10_init_noise"], *cases["respaced10_step_noise"].unbind(0)])
     out = prior.sample(
-        cases["c2l_embed"], sampler="clip2latent", steps=10, guidance=2.0, truncation=truncation, noise=noise,
+        cases["c2l_embed"], prior.sampling(sampler="clip2latent", steps=10, guidance=2.0), noise=noise,
         callback=lambda info: trace.append(info["x"].clone()),
     )
+    out = truncate(out, prior.latent_mean, truncation)  # what the pipeline does after any prior
     close(torch.stack(trace), cases["c2l_sample_traj_cs2"])
     repeats = torch.tensor(metadata["space"]["repeats"])
     close(torch.repeat_interleave(out, repeats, dim=1), cases[key])

@@ -14,8 +14,8 @@ from latentmap.recipe import PACKAGED_PROMPTS, Recipe, load_recipe, read_prompts
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 MINIMAL = """
-generator: {name: tiny-test, space: w3}
-encoder: {name: "tiny-test:16"}
+generator: {name: shapes}
+encoder: {name: shapes-clip}
 data: {dir: data/tiny}
 train: {out: runs/tiny}
 """
@@ -30,7 +30,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
 @pytest.mark.parametrize("name", ["ffhq.yaml", "ffhq-w3.yaml", "lhq.yaml"])
 def test_paper_recipes_hold_the_papers_hyper_parameters(name: str) -> None:
     recipe = load_recipe(RECIPES / name)
-    p, t = recipe.prior, recipe.train
+    p, t = recipe.prior.options, recipe.train
     assert (p.dim, p.depth, p.heads, p.dim_head, p.timesteps) == (512, 12, 12, 64, 1000)
     assert (p.schedule, p.objective, p.cond_drop_prob, p.normalize_cond) == ("cosine", "x0", 0.2, False)
     assert (t.steps, t.batch_size, t.lr, t.weight_decay, t.adam_betas) == (1_000_000, 512, 1e-4, 1e-2, (0.9, 0.999))
@@ -43,7 +43,7 @@ def test_paper_recipes_hold_the_papers_hyper_parameters(name: str) -> None:
 
 
 def test_space_and_prompts_differ_where_the_paper_does() -> None:
-    assert load_recipe(RECIPES / "ffhq-w3.yaml").generator.space == "w3"
+    assert load_recipe(RECIPES / "ffhq-w3.yaml").generator.options.space == "w3"
     lhq = load_recipe(RECIPES / "lhq.yaml")
     assert lhq.validation.prompts.name == "landscape-val.txt"
     assert "mountain" in " ".join(read_prompts(lhq.validation.prompts)).lower()
@@ -51,7 +51,7 @@ def test_space_and_prompts_differ_where_the_paper_does() -> None:
 
 def test_defaults_are_the_papers(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, MINIMAL))
-    assert recipe.train.lr == 1e-4 and recipe.train.ema_beta == 0.9999 and recipe.prior.depth == 12
+    assert recipe.train.lr == 1e-4 and recipe.train.ema_beta == 0.9999 and recipe.prior.options.depth == 12
     assert recipe.validation.prompts == PACKAGED_PROMPTS / "face-val.txt"
     assert recipe.sample.out == (tmp_path / "runs" / "tiny" / "samples").resolve()
     assert recipe.train.out == (tmp_path / "runs" / "tiny").resolve()
@@ -63,11 +63,11 @@ def test_overrides_apply_with_types_and_cwd_relative_paths(tmp_path: Path, monke
     recipe = load_recipe(
         write(tmp_path / "sub", MINIMAL),
         ["train.batch_size=128", "train.lr=3e-4", "train.adam_betas=[0.5, 0.9]",
-         "generator.options.truncation=0.7", "data.dir=elsewhere", "train.ema_warmup=false"],
+         "generator.resolution=32", "data.dir=elsewhere", "train.ema_warmup=false"],
     )
     assert recipe.train.batch_size == 128 and recipe.train.lr == pytest.approx(3e-4)
     assert recipe.train.adam_betas == (0.5, 0.9) and recipe.train.ema_warmup is False
-    assert recipe.generator.options == {"truncation": 0.7}
+    assert recipe.generator.options.resolution == 32
     assert recipe.data.dir == (tmp_path / "elsewhere").resolve()  # --set paths: relative to the cwd
     assert recipe.train.out == (tmp_path / "sub" / "runs" / "tiny").resolve()  # file paths: relative to the file
 
@@ -75,7 +75,7 @@ def test_overrides_apply_with_types_and_cwd_relative_paths(tmp_path: Path, monke
 def test_pyyaml_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None:
     # YAML 1.1 reads 1e-4 as the string "1e-4"; a recipe writer means a number.
     recipe = load_recipe(write(tmp_path, MINIMAL + "prior: {cond_drop_prob: 2e-1}\n"))
-    assert recipe.prior.cond_drop_prob == pytest.approx(0.2)
+    assert recipe.prior.options.cond_drop_prob == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
@@ -86,10 +86,14 @@ def test_pyyaml_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None
         ("train: {out: r, steps: many}", [], "train.steps must be an integer, got 'many'"),
         ("train: {out: r, lr: fast}", [], "train.lr must be a number, got 'fast'"),
         ("train: {out: r, ema_warmup: 1}", [], "train.ema_warmup must be true or false, got 1"),
-        ("train: {out: r, adam_betas: [0.9]}", [], "train.adam_betas must be a list of 2 numbers"),
+        ("train: {out: r, adam_betas: [0.9]}", [], "train.adam_betas must be a list of 2 values"),
         ("train: {out: r, ema_beta: 1.0}", [], "train.ema_beta must be < 1.0"),
         ("train: {out: r, steps: 0}", [], "train.steps must be >= 1, got 0"),
-        ("prior: {schedule: quadratic}", [], "prior.schedule must be one of cosine, linear; got 'quadratic'"),
+        ("prior: {schedule: quadratic}", [], "prior 'diffusion' option 'schedule' must be one of cosine, linear; got 'quadratic'"),
+        ("prior: {name: diffusion, dpeth: 3}", [], "prior 'diffusion' has no option 'dpeth' (did you mean 'depth'?)"),
+        ("prior: {name: difusion}", [], "prior.name: unknown prior 'difusion'; available: diffusion"),
+        ("sample: {sampling: {stpes: 3}}", [], "sample.sampling (prior 'diffusion') has no option 'stpes' (did you mean 'steps'?)"),
+        ("", ["prior.depth=0"], "prior 'diffusion' option 'depth' must be >= 1, got 0"),
         ("validation: {prompts: nowhere.txt}", [], "validation.prompts: file not found: nowhere.txt"),
         ("", ["train.nope=1"], "--set train.nope=1: unknown key train.nope"),
         ("", ["train.steps"], "--set expects section.key=value, got 'train.steps'"),
@@ -117,7 +121,7 @@ def test_missing_required_key_and_bad_yaml_and_missing_file(tmp_path: Path) -> N
 
 
 def test_to_dict_round_trips_through_json(tmp_path: Path) -> None:
-    recipe = load_recipe(write(tmp_path, MINIMAL), ["generator.options.truncation=0.5"])
+    recipe = load_recipe(write(tmp_path, MINIMAL), ["generator.resolution=32", "sample.sampling.steps=7"])
     stored = json.loads(json.dumps(recipe.to_dict()))
     again = recipe_from_dict(stored)
     assert isinstance(again, Recipe)
@@ -129,3 +133,36 @@ def test_shapes_recipe_loads() -> None:
     recipe = load_recipe(RECIPES / "shapes.yaml")
     assert recipe.generator.name == "shapes"
     assert recipe.train.steps * recipe.train.batch_size <= 3_000 * 512  # sized for a 2-core CPU
+
+
+def test_a_recipe_in_the_old_layout_still_loads_and_says_what_moved(tmp_path: Path) -> None:
+    old = MINIMAL + (
+        "generator: {name: shapes, options: {resolution: 32}}\n"
+        "validation: {steps: 5, sampler: ddpm, guidance: 1.5}\n"
+        "sample: {steps: 9, truncation: 0.8}\n"
+    )
+    old = old.replace("generator: {name: shapes}\n", "", 1)
+    with pytest.warns(UserWarning, match=r"old layout.*generator\.options\.\* -> generator\.\*.*"
+                                         r"validation\.\{steps,sampler,guidance\} -> validation\.sampling\.\*"):
+        recipe = load_recipe(write(tmp_path, old))
+    assert recipe.generator.options.resolution == 32
+    assert (recipe.validation.sampling.steps, recipe.validation.sampling.sampler) == (5, "ddpm")
+    assert recipe.validation.sampling.guidance == 1.5
+    assert (recipe.sample.sampling.steps, recipe.sample.truncation) == (9, 0.8)
+
+
+def test_a_third_party_priors_section_is_its_own(tmp_path: Path) -> None:
+    """Options of the diffusion prior are not forced on another prior: each section is its component's."""
+    with pytest.raises(LatentmapError, match=r"prior 'diffusion' has no option 'hidden'"):
+        load_recipe(write(tmp_path, MINIMAL + "prior: {name: diffusion, hidden: 3}\n"))
+
+
+def test_the_recipe_reference_in_the_docs_is_generated_from_the_declarations() -> None:
+    """docs/recipes.md's tables come from the dataclasses; a new or changed option must be regenerated."""
+    from latentmap.reference import reference_markdown, replace_generated
+
+    docs = RECIPES.parent / "docs" / "recipes.md"
+    text = docs.read_text()
+    assert replace_generated(text, reference_markdown()) == text, (
+        "docs/recipes.md is out of date: run python -m latentmap.reference --write docs/recipes.md")
+    assert "| `normalize_cond` | bool | `false` |" in text and "| `sampler` | str | `ddim` | one of ddim\\|ddpm" in text

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import helpers_colour
 from latentmap.cli import cli
 from latentmap.images import load_image
-from latentmap.pipeline import SamplerSettings, load_pipeline
+from latentmap.pipeline import load_pipeline
 from latentmap.sample import sample, write_samples
 from latentmap.scoring import image_text_scores
 
@@ -55,17 +55,17 @@ def test_same_seed_same_samples_other_seed_differs(pipeline):
 
 def test_checkpoint_recipe_sets_defaults(pipeline):
     defaults = pipeline.defaults()
-    assert (defaults.steps, defaults.sampler) == (10, "ddim")
+    assert (defaults.sampling.steps, defaults.sampling.sampler) == (10, "ddim")
 
 
 def test_truncation_zero_gives_the_mean_latent(pipeline):
-    result = sample(pipeline, ["cyan"], candidates=3, keep=1, settings=SamplerSettings(steps=5, truncation=0.0),
+    result = sample(pipeline, ["cyan"], candidates=3, keep=1, settings=pipeline.settings(steps=5, truncation=0.0),
                     keep_images=False, progress=False)
     torch.testing.assert_close(result.latents[0, 0], pipeline.prior.latent_mean.cpu())
 
 
 def test_style_mixing_replaces_only_the_chosen_layers(pipeline):
-    settings = SamplerSettings(steps=5)
+    settings = pipeline.settings(steps=5)
     plain = sample(pipeline, ["red"], candidates=4, keep=4, settings=settings, seed=2, progress=False)
     mixed = sample(pipeline, ["red"], candidates=4, keep=4, settings=settings, seed=2, mix_layers="2-3", mix_seed=9,
                    progress=False)

@@ -9,7 +9,8 @@ import helpers_colour
 from latentmap.checkpoint import load_prior, save_prior
 from latentmap.cli import cli
 from latentmap.errors import LatentmapError
-from latentmap.options import parse_options, resolve_device
+from latentmap.config import parse_pairs
+from latentmap.options import resolve_device
 from latentmap.pipeline import load_pipeline
 
 
@@ -35,7 +36,7 @@ def test_pipeline_rebuilds_generator_encoder_and_space():
 def test_a_generator_that_differs_from_the_recorded_one_is_refused(tmp_path):
     _, metadata = load_prior(helpers_colour.colour_checkpoint())
     path, _ = _rewrite(tmp_path, generator={**metadata["generator"], "resolution": 16})
-    with pytest.raises(LatentmapError, match=r"generator 'resolution' differs .* recorded 16, got 8"):
+    with pytest.raises(LatentmapError, match=r"generator resolution differs: recorded 16, got 8"):
         load_pipeline(path)
     with pytest.warns(UserWarning, match="resolution"):
         pipeline = load_pipeline(path, check_identity=False)
@@ -61,10 +62,10 @@ def test_generator_options_override_recorded_ones(tmp_path):
 
 
 def test_option_parsing_and_devices():
-    assert parse_options(["path=/w/ffhq.pkl", "truncation=0.7", "flag=true"]) == {
+    assert parse_pairs(["path=/w/ffhq.pkl", "truncation=0.7", "flag=true"]) == {
         "path": "/w/ffhq.pkl", "truncation": 0.7, "flag": True}
     with pytest.raises(LatentmapError, match=r"bad --generator-option 'novalue': expected KEY=VALUE"):
-        parse_options(["novalue"], flag="--generator-option")
+        parse_pairs(["novalue"], flag="--generator-option")
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(LatentmapError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
@@ -75,14 +76,14 @@ def test_cli_identity_mismatch_is_one_line(tmp_path):
     path, _ = _rewrite(tmp_path, encoder={**metadata["encoder"], "embed_dim": 5})
     result = CliRunner().invoke(cli, ["sample", "--checkpoint", str(path), "red", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "encoder 'embed_dim' differs" in result.output and "--no-check-identity" in result.output
+    assert "encoder embed_dim differs" in result.output and "--no-check-identity" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_keys_the_user_overrode_are_not_compared():
-    from latentmap.pipeline import compare_identity
+    from latentmap.identity import differences
 
-    recorded = {"name": "g", "options": {"truncation": 1.0}, "truncation": 1.0, "weights_sha256": "aa"}
-    rebuilt = {"name": "g", "options": {"truncation": 0.7}, "truncation": 0.7, "weights_sha256": "bb"}
-    problems = compare_identity("generator", recorded, rebuilt, source="'c'", overridden=frozenset({"truncation"}))
-    assert problems == ["generator 'weights_sha256' differs from what 'c' was trained with: recorded 'aa', got 'bb'"]
+    recorded = {"name": "g", "options": {"truncation": 1.0}, "truncation": 1.0, "weights_sha256": "aa" * 32}
+    rebuilt = {"name": "g", "options": {"truncation": 0.7}, "truncation": 0.7, "weights_sha256": "bb" * 32}
+    problems = differences("generator", recorded, rebuilt, overridden=frozenset({"truncation"}))
+    assert problems == ["generator weights differ: recorded weights_sha256 aaaaaaaaaaaaaaaa..., got bbbbbbbbbbbbbbbb..."]

@@ -29,7 +29,7 @@ SIZE = [
     "train.steps=400", "train.batch_size=128", "train.lr=1.0e-3", "train.ema_beta=0.99",
     "train.log_every=50", "train.checkpoint_every=200", "train.device=cpu", "train.tensorboard=false",
     "validation.every=200", "validation.image_conditions=32", "validation.samples_per_prompt=2",
-    "validation.steps=10",
+    "validation.sampling.steps=10",
     "sample.prompts=[a red circle, a blue square in the top left]", "sample.candidates=8", "sample.keep=2",
 ]
 
@@ -67,7 +67,7 @@ def test_run_writes_dataset_checkpoints_and_scored_samples(shapes_run: Path) -> 
 def test_text_prompts_get_their_colour_and_shape_far_above_chance(shapes_run: Path) -> None:
     from latentmap_shapes import COLOURS, SHAPES, decode_attributes
 
-    from latentmap.pipeline import SamplerSettings, load_pipeline
+    from latentmap.pipeline import load_pipeline
     from latentmap.sample import sample
 
     pipeline = load_pipeline(shapes_run / "best.safetensors", device="cpu")
@@ -75,7 +75,7 @@ def test_text_prompts_get_their_colour_and_shape_far_above_chance(shapes_run: Pa
     prompts = [f"a {COLOURS[c]} {SHAPES[s]}" for c, s in pairs]
     candidates = 8
     result = sample(pipeline, prompts, candidates=candidates, keep=candidates, keep_images=False, progress=False,
-                    settings=SamplerSettings(steps=25, sampler="ddim", guidance=1.0), seed=0)
+                    settings=pipeline.settings(steps=25, sampler="ddim", guidance=1.0), seed=0)
     truth_colour = torch.tensor([c for c, _ in pairs])[:, None]
     truth_shape = torch.tensor([s for _, s in pairs])[:, None]
     decoded = decode_attributes(result.per_layer.reshape(-1, 3, 8))

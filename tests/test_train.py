@@ -13,11 +13,11 @@ from helpers_train import build_tiny_dataset, one_thread, tiny_recipe
 
 import helpers_tiny
 from latentmap.checkpoint import load_prior, read_metadata
+from latentmap.distributed import World
 from latentmap.errors import LatentmapError
 from latentmap.prior.diffusion import DiffusionPrior
 from latentmap.recipe import load_recipe
 from latentmap.train import build_prior, make_validator, open_dataset, train
-from latentmap.training.distributed import World
 from latentmap.training.state import latest_state, load_state, split_prefix
 
 
@@ -53,7 +53,7 @@ def test_loss_decreases_and_the_prior_beats_an_untrained_one(trained, tmp_path: 
     dataset = open_dataset(recipe, World())
     untrained = build_prior(recipe, dataset.manifest)
     with one_thread():
-        baseline = make_validator(recipe, dataset, tmp_path, torch.device("cpu"))(untrained, 0)
+        baseline = make_validator(recipe, dataset, tmp_path, torch.device("cpu"), untrained)(untrained, 0)
     final = validations[-1]
     assert final["val/text_clip"] > baseline["val/text_clip"] + 0.1, (final, baseline)
     assert final["val/image_clip"] > baseline["val/image_clip"] + 0.04, (final, baseline)
@@ -81,7 +81,7 @@ def test_last_and_best_hold_the_ema_weights(trained, tmp_path: Path) -> None:
     assert best_meta["step"] == max(scores, key=scores.get) == result.best_step
     best, _ = load_prior(result.out / "best.safetensors")
     with one_thread():
-        rescored = make_validator(recipe, open_dataset(recipe, World()), tmp_path, torch.device("cpu"))(best, 0)
+        rescored = make_validator(recipe, open_dataset(recipe, World()), tmp_path, torch.device("cpu"), best)(best, 0)
     assert rescored["val/text_clip"] == pytest.approx(scores[best_meta["step"]], abs=1e-5)
     assert best_meta["recipe"]["train"]["steps"] == 200
 

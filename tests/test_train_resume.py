@@ -4,14 +4,12 @@ weights, EMA, optimiser moments and metrics as a run that was never interrupted 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_train import build_tiny_dataset, latentmap_command, one_thread, subprocess_env, tiny_recipe
+from helpers_train import build_tiny_dataset, kill_after_first_state, latentmap_command, one_thread, subprocess_env, tiny_recipe
 
 import helpers_tiny
 from latentmap.recipe import load_recipe
@@ -20,27 +18,6 @@ from latentmap.training.state import latest_state, load_state
 
 STEPS = 300
 SETTINGS = {"steps": STEPS, "checkpoint_every": 60, "log_every": 30, "batch_size": 96}
-
-
-def kill_after_first_state(command: list[str], states: Path, timeout: float = 240.0) -> int:
-    """Start ``command``, SIGKILL it as soon as a state file exists; returns that state's step."""
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while latest_state(states) is None:
-            if process.poll() is not None:
-                raise AssertionError(f"training exited early: {process.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError("no training state appeared in time")
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return int(load_state(latest_state(states))[1]["step"])
 
 
 @pytest.mark.slow

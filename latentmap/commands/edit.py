@@ -40,7 +40,8 @@ def command(prompt: str | None, generator_name: str | None, latents_file: str | 
     import latentmap
     from latentmap.edit import load_direction, parse_layers, parse_strengths, render_edits
     from latentmap.images import contact_sheet, save_png
-    from latentmap.options import parse_options, resolve_device
+    from latentmap.config import parse_pairs
+    from latentmap.options import resolve_device
     from latentmap.sample import sample, slugify
 
     values = parse_strengths(strengths)
@@ -55,7 +56,7 @@ def command(prompt: str | None, generator_name: str | None, latents_file: str | 
     elif generator_name:
         pipeline = None
         generator = latentmap.get_generator(generator_name,
-                                            **parse_options(kwargs["generator_options"], flag="--generator-option"))
+                                            **parse_pairs(kwargs["generator_options"], flag="--generator-option"))
         generator = generator.to(resolve_device(kwargs["device"]))
     else:
         raise LatentmapError("--latents needs --checkpoint or --generator to know which generator renders them")

@@ -25,8 +25,8 @@ def command(checkpoint: Path, config_path: Path | None, out_path: Path, weights:
         checkpoint, config=config_path, weights=weights, generator=generator, encoder=encoder
     )
     save_prior(out_path, prior, metadata=metadata, extra_tensors=extra)
-    c = prior.config
+    shape, options = prior.shape, prior.options
     click.echo(
-        f"wrote {out_path}: {weights} weights, {c.tokens} latent token(s) of {c.latent_dim}, depth {c.depth}, "
-        f"{c.timesteps} timesteps, space {metadata['space']['name']} {metadata['space']['repeats']}"
+        f"wrote {out_path}: {weights} weights, {shape.tokens} latent token(s) of {shape.latent_dim}, depth {options.depth}, "
+        f"{options.timesteps} timesteps, space {metadata['space']['name']} {metadata['space']['repeats']}"
     )

@@ -45,7 +45,8 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     """
     import latentmap
     from latentmap.optimize import OptimizeSettings, optimize
-    from latentmap.options import parse_options, resolve_device
+    from latentmap.config import parse_pairs
+    from latentmap.options import resolve_device
     from latentmap.sample import write_samples
 
     texts = gather_prompts(prompts, prompts_file)
@@ -64,9 +65,9 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
             raise LatentmapError("pass --generator and --encoder (or --checkpoint)")
         device = resolve_device(kwargs["device"])
         generator = latentmap.get_generator(
-            generator_name, **parse_options(kwargs["generator_options"], flag="--generator-option")).to(device)
+            generator_name, **parse_pairs(kwargs["generator_options"], flag="--generator-option")).to(device)
         encoder = latentmap.get_encoder(
-            encoder_name, **parse_options(kwargs["encoder_options"], flag="--encoder-option")).to(device)
+            encoder_name, **parse_pairs(kwargs["encoder_options"], flag="--encoder-option")).to(device)
     sampler = settings_from(pipeline, kwargs)
     settings = OptimizeSettings(steps=opt_steps, lr=lr, init=init, per_layer=per_layer, init_noise=init_noise)
     result = optimize(generator, encoder, texts, settings=settings, candidates=candidates, keep=keep, seed=seed,

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from latentmap.errors import LatentmapError
-from latentmap.options import parse_options
+from latentmap.config import parse_pairs
 from latentmap.pipeline import Pipeline, SamplerSettings, load_pipeline
 
 F = Callable[..., Any]
@@ -42,20 +42,28 @@ def checkpoint_options(required: bool = True) -> Callable[[F], F]:
     return decorate
 
 
-def sampler_options(func: F | None = None, *, steps_flag: str = "--steps") -> Any:
-    """``--steps``, ``--sampler``, ``--guidance``, ``--truncation``, ``--eta`` (default: the checkpoint's recipe).
+# Shorthand flags for sampling settings most priors declare; any other goes through --sampling KEY=VALUE.
+SAMPLING_FLAGS = ("steps", "sampler", "guidance", "eta")
 
-    ``steps_flag`` renames the steps option where ``--steps`` means something else (optimize).
+
+def sampler_options(func: F | None = None, *, steps_flag: str = "--steps") -> Any:
+    """The prior's sampling settings (``--sampling KEY=VALUE`` and the shorthands ``--steps``, ``--sampler``,
+    ``--guidance``, ``--eta``) and ``--truncation``; unset ones keep the checkpoint's recipe values.
+
+    The values are checked against the loaded prior's ``Sampling`` declaration, so the flags mean
+    whatever the prior declares (``latentmap list priors --options``). ``steps_flag`` renames the steps
+    option where ``--steps`` means something else (optimize).
     """
 
     def decorate(func: F) -> F:
         options = [
-            click.option(steps_flag, "steps", type=int, default=None, help="Denoising steps (respaced) [recipe, else 25]."),
-            click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None,
-                         help="Sampler [recipe, else ddim]."),
+            click.option(steps_flag, "steps", type=int, default=None, help="Sampling steps [recipe, else the prior's default]."),
+            click.option("--sampler", default=None, help="Sampler name, e.g. ddim, ddpm [recipe, else the prior's default]."),
             click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale [recipe, else 1.0]."),
-            click.option("--truncation", type=float, default=None, help="Truncation psi toward the mean latent [1.0]."),
             click.option("--eta", type=float, default=None, help="DDIM eta (0: deterministic given the start noise)."),
+            click.option("--sampling", "sampling_pairs", multiple=True, metavar="KEY=VALUE",
+                         help="Any sampling setting the prior declares (repeatable)."),
+            click.option("--truncation", type=float, default=None, help="Truncation psi toward the mean latent [recipe, else 1.0]."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -69,19 +77,21 @@ def build_pipeline(kwargs: dict[str, Any]) -> Pipeline:
     return load_pipeline(
         kwargs.pop("checkpoint"),
         device=kwargs.pop("device"),
-        generator_options=parse_options(kwargs.pop("generator_options"), flag="--generator-option"),
-        encoder_options=parse_options(kwargs.pop("encoder_options"), flag="--encoder-option"),
+        generator_options=parse_pairs(kwargs.pop("generator_options"), flag="--generator-option"),
+        encoder_options=parse_pairs(kwargs.pop("encoder_options"), flag="--encoder-option"),
         check_identity=not kwargs.pop("no_check_identity"),
     )
 
 
-def settings_from(pipeline: Pipeline | None, kwargs: dict[str, Any]) -> SamplerSettings:
-    """Sampler settings: the checkpoint's recipe defaults updated by the options given (popped)."""
-    base = pipeline.defaults() if pipeline is not None else SamplerSettings()
-    settings = base.updated(**{k: kwargs.pop(k) for k in ("steps", "sampler", "guidance", "truncation", "eta")})
-    if settings.steps is not None and settings.steps < 1:
-        raise LatentmapError(f"--steps must be at least 1, got {settings.steps}")
-    return settings
+def settings_from(pipeline: Pipeline | None, kwargs: dict[str, Any]) -> SamplerSettings | None:
+    """Sampling settings: the checkpoint's recipe values updated by the flags given (popped from ``kwargs``)."""
+    changes = {key: kwargs.pop(key) for key in SAMPLING_FLAGS}
+    changes = {key: value for key, value in changes.items() if value is not None}  # unset flags keep the recipe's
+    changes.update(parse_pairs(kwargs.pop("sampling_pairs"), flag="--sampling"))
+    truncation = kwargs.pop("truncation")
+    if pipeline is None:
+        return None
+    return pipeline.settings(truncation=truncation, where="command line", **changes)
 
 
 def gather_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:

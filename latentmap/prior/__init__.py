@@ -1,5 +1,5 @@
 """The shared diffusion prior: schedules, network, diffusion wrapper, samplers, clip2latent import."""
 
-from latentmap.prior.diffusion import DiffusionPrior, PriorConfig
+from latentmap.prior.diffusion import DiffusionOptions, DiffusionPrior, DiffusionSampling
 
-__all__ = ["DiffusionPrior", "PriorConfig"]
+__all__ = ["DiffusionOptions", "DiffusionPrior", "DiffusionSampling"]

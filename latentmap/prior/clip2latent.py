@@ -23,8 +23,8 @@ import yaml
 from torch import Tensor
 
 from latentmap.errors import LatentmapError
-from latentmap.interfaces import LatentSpace
-from latentmap.prior.diffusion import DiffusionPrior, PriorConfig
+from latentmap.interfaces import LatentSpace, PriorShape
+from latentmap.prior.diffusion import DiffusionOptions, DiffusionPrior
 from latentmap.prior.schedule import BUFFER_NAMES, make_betas
 from latentmap.spaces import w3_space, w_space
 
@@ -111,8 +111,10 @@ def _find(state: dict[str, Tensor], key: str) -> Tensor:
     return state[key]
 
 
-def infer_config(state: dict[str, Tensor], clip2latent_config: dict[str, Any] | None = None) -> PriorConfig:
-    """The PriorConfig a DALLE2 prior state dict was built with, from tensor shapes (+ the yaml's flags)."""
+def infer_config(
+    state: dict[str, Tensor], clip2latent_config: dict[str, Any] | None = None
+) -> tuple[PriorShape, DiffusionOptions]:
+    """The shape and options a DALLE2 prior state dict was built with, from tensor shapes (+ the yaml's flags)."""
     query = _find(state, "net.learned_query")
     tokens, dim = (1, query.shape[0]) if query.ndim == 1 else tuple(query.shape)
     timesteps = _find(state, "net.to_time_embeds.0.weight").shape[0]
@@ -124,10 +126,7 @@ def infer_config(state: dict[str, Tensor], clip2latent_config: dict[str, Any] | 
     diffusion = (clip2latent_config or {}).get("model", {}).get("diffusion", {})
     schedule = diffusion.get("beta_schedule") or _detect_schedule(_find(state, "betas"))
     objective = "x0" if diffusion.get("predict_x_start", True) else "noise"
-    return PriorConfig(
-        latent_dim=dim,
-        tokens=tokens,
-        cond_dim=dim,
+    return PriorShape(tokens=tokens, latent_dim=dim, cond_dim=dim), DiffusionOptions(
         dim=dim,
         depth=len(layer_ids),
         heads=heads,
@@ -150,7 +149,7 @@ def _detect_schedule(betas: Tensor) -> str:
 
 
 def convert_state_dict(
-    state: dict[str, Tensor], config: PriorConfig, *, require_latent_stats: bool = True
+    state: dict[str, Tensor], config: tuple[PriorShape, DiffusionOptions], *, require_latent_stats: bool = True
 ) -> dict[str, Tensor]:
     """DALLE2/clip2latent prior keys -> ours, strictly (unknown, missing or non-zero-bias keys are errors).
 
@@ -169,15 +168,16 @@ def convert_state_dict(
                 raise LatentmapError(f"LayerNorm bias {key!r} is not zero; latentmap's network has no LayerNorm biases")
             continue
         converted[target] = value.detach().to(torch.float32)
-    shape = (config.tokens, config.latent_dim)
+    prior_shape, options = config
+    shape = (prior_shape.tokens, prior_shape.latent_dim)
     # DALLE2 keeps single-token tensors without the token axis: (dim,) -> (1, dim).
-    for name, target_shape in (("net.learned_query", (config.tokens, config.dim)), ("latent_mean", shape), ("latent_std", shape)):
+    for name, target_shape in (("net.learned_query", (prior_shape.tokens, options.dim)), ("latent_mean", shape), ("latent_std", shape)):
         if name in converted and converted[name].numel() == target_shape[0] * target_shape[1]:
             converted[name] = converted[name].reshape(target_shape)
     if not require_latent_stats:
         converted.setdefault("latent_mean", torch.zeros(shape))
         converted.setdefault("latent_std", torch.ones(shape))
-    expected_shapes = DiffusionPrior.expected_state_shapes(config)
+    expected_shapes = DiffusionPrior.expected_state_shapes(prior_shape, options)
     expected = set(expected_shapes)
     missing = sorted(expected - set(converted))
     if missing:
@@ -200,7 +200,7 @@ def prior_from_dalle2_state(
     """A DiffusionPrior (eval mode) holding a DALLE2-pytorch prior's weights and stored buffers."""
     config = infer_config(state, clip2latent_config)
     converted = convert_state_dict(state, config, require_latent_stats=require_latent_stats)
-    prior = DiffusionPrior(config)
+    prior = DiffusionPrior(*config)
     prior.load_state_dict(converted, strict=True)
     return prior.eval()
 
@@ -257,14 +257,14 @@ def import_clip2latent(
     prior = prior_from_dalle2_state(selected, clip2latent_config)
     other = "online" if weights == "ema" else "ema"
     other_state = select_weights(state, other)
-    other_converted = convert_state_dict(other_state, prior.config)
+    other_converted = convert_state_dict(other_state, (prior.shape, prior.options))
     data_config = (clip2latent_config or {}).get("data", {})
-    space = space_for(prior.config.tokens, prior.config.latent_dim, data_config.get("latent_repeats"))
+    space = space_for(prior.shape.tokens, prior.shape.latent_dim, data_config.get("latent_repeats"))
     step = state.get("step")
     metadata = {
         "encoder": {
             "name": encoder,
-            "embed_dim": prior.config.cond_dim,
+            "embed_dim": prior.shape.cond_dim,
             "conditions": "raw",
             # Text prompts need no special preprocessing; image prompts match clip2latent's training
             # conditions only with --encoder-option preprocess=clip2latent-double-norm (docs/prior.md).

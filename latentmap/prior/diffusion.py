@@ -8,76 +8,50 @@ in and come out in the generator's own units; internally they are z-normalised w
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentmap.config import option
 from latentmap.errors import LatentmapError
-from latentmap.interfaces import Prior
-from latentmap.prior import samplers as sampler_fns
+from latentmap.interfaces import Prior, PriorShape
+from latentmap.prior import samplers
 from latentmap.prior.network import PriorNetwork
-from latentmap.prior.schedule import (
-    BUFFER_NAMES,
-    SCHEDULE_KINDS,
-    Schedule,
-    clip2latent_respace,
-    make_schedule,
-    respace,
-    spaced_timesteps,
-)
+from latentmap.prior.samplers import sampler_names
+from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule
 
 OBJECTIVES = ("x0", "noise")
 
 
 @dataclass
-class PriorConfig:
-    """Everything needed to rebuild a prior; JSON-ready via ``dataclasses.asdict``.
+class DiffusionOptions:
+    """The diffusion prior's options: a recipe's ``prior:`` section. Defaults are the paper's (clip2latent
+    ``mid``, 48,767,872 trainable parameters for 512-d latents and conditions)."""
 
-    The defaults are the paper's (clip2latent ``mid``): 48,767,872 trainable parameters.
-    """
+    dim: int = option(512, min=1, help="transformer width (in/out projections only where latent or condition size differ)")
+    depth: int = option(12, min=1, help="transformer layers")
+    heads: int = option(12, min=1, help="attention heads")
+    dim_head: int = option(64, min=1, help="features per attention head")
+    ff_mult: int = option(4, min=1, help="feed-forward expansion")
+    timesteps: int = option(1000, min=1, help="diffusion timesteps")
+    schedule: str = option("cosine", choices=SCHEDULE_KINDS, help="beta schedule")
+    objective: str = option("x0", choices=OBJECTIVES, help="what the network predicts: the clean latent or the noise")
+    cond_drop_prob: float = option(0.2, min=0.0, below=1.0,
+                                   help="probability of dropping the condition in training (classifier-free guidance)")
+    normalize_cond: bool = option(False, help="L2-normalise conditions inside the model (compare directions only); "
+                                              "for encoders whose text and image embeddings differ in length")
 
-    latent_dim: int = 512  # generator latent size per token (StyleGAN w: 512)
-    tokens: int = 1  # latent tokens per sample (w: 1, w3: 3)
-    cond_dim: int = 512  # encoder embedding size
-    dim: int = 512  # transformer width; in/out projections only when latent_dim/cond_dim differ
-    depth: int = 12
-    heads: int = 12
-    dim_head: int = 64
-    ff_mult: int = 4
-    timesteps: int = 1000
-    schedule: str = "cosine"  # or "linear"
-    objective: str = "x0"  # or "noise"
-    cond_drop_prob: float = 0.2
-    normalize_cond: bool = False  # L2-normalise conditions inside the model
 
-    def validate(self) -> None:
-        """Raise a one-line LatentmapError naming the first bad field."""
-        for name in ("latent_dim", "tokens", "cond_dim", "dim", "depth", "heads", "dim_head", "ff_mult", "timesteps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LatentmapError(f"prior config: {name} must be a positive integer, got {value!r}")
-        if self.schedule not in SCHEDULE_KINDS:
-            raise LatentmapError(f"prior config: schedule must be one of {', '.join(SCHEDULE_KINDS)}, got {self.schedule!r}")
-        if self.objective not in OBJECTIVES:
-            raise LatentmapError(f"prior config: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if not 0.0 <= float(self.cond_drop_prob) < 1.0:
-            raise LatentmapError(f"prior config: cond_drop_prob must be in [0, 1), got {self.cond_drop_prob!r}")
+@dataclass
+class DiffusionSampling:
+    """How the diffusion prior samples: a recipe's ``validation.sampling`` / ``sample.sampling``, ``--steps`` etc."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "PriorConfig":
-        """Build from a dict (e.g. checkpoint metadata), rejecting unknown keys by name."""
-        merged = {**data, **overrides}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise LatentmapError(f"unknown prior option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        config = cls(**merged)
-        config.validate()
-        return config
+    steps: int | None = option(25, min=1, help="denoising steps, the schedule evenly respaced (none: every timestep)")
+    sampler: str = option("ddim", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
+    guidance: float = option(1.0, help="classifier-free guidance scale (1: conditional prediction only)")
+    eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
 
 
 class DiffusionPrior(Prior):
@@ -88,76 +62,43 @@ class DiffusionPrior(Prior):
     """
 
     name = "diffusion"
+    Options = DiffusionOptions
+    Sampling = DiffusionSampling
 
-    def __init__(self, config: PriorConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        base = asdict(config) if config is not None else {}
-        self.config = PriorConfig.from_dict(base, **overrides)
-        c = self.config
+    def __init__(self, shape: PriorShape, options: DiffusionOptions | None = None) -> None:
+        super().__init__(shape, options)
+        o = self.options
         self.net = PriorNetwork(
-            latent_dim=c.latent_dim,
-            tokens=c.tokens,
-            cond_dim=c.cond_dim,
-            dim=c.dim,
-            depth=c.depth,
-            heads=c.heads,
-            dim_head=c.dim_head,
-            ff_mult=c.ff_mult,
-            timesteps=c.timesteps,
+            latent_dim=shape.latent_dim,
+            tokens=shape.tokens,
+            cond_dim=shape.cond_dim,
+            dim=o.dim,
+            depth=o.depth,
+            heads=o.heads,
+            dim_head=o.dim_head,
+            ff_mult=o.ff_mult,
+            timesteps=o.timesteps,
         )
-        for buffer_name, table in make_schedule(c.schedule, c.timesteps).buffers().items():
+        for buffer_name, table in make_schedule(o.schedule, o.timesteps).buffers().items():
             self.register_buffer(buffer_name, table)
-        self.register_buffer("latent_mean", torch.zeros(c.tokens, c.latent_dim))
-        self.register_buffer("latent_std", torch.ones(c.tokens, c.latent_dim))
 
     @staticmethod
-    def expected_state_shapes(config: PriorConfig) -> dict[str, tuple[int, ...]]:
-        """Every state-dict key of a prior with ``config`` and its shape, without allocating weights."""
+    def expected_state_shapes(shape: PriorShape, options: DiffusionOptions) -> dict[str, tuple[int, ...]]:
+        """Every state-dict key of a prior with this shape and options and its shape, without allocating weights."""
         with torch.device("meta"):
-            return {name: tuple(t.shape) for name, t in DiffusionPrior(config).state_dict().items()}
+            return {name: tuple(t.shape) for name, t in DiffusionPrior(shape, options).state_dict().items()}
 
-    # ----------------------------------------------------------------- statistics and shapes
-    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
-        """Store the training latents' per-feature mean and std (anything reshapeable to (tokens, latent_dim))."""
-        shape = (self.config.tokens, self.config.latent_dim)
-        for label, value in (("mean", mean), ("std", std)):
-            if value.numel() != shape[0] * shape[1]:
-                raise LatentmapError(f"latent {label} has shape {tuple(value.shape)}, expected {shape}")
-        std = std.reshape(shape).to(self.latent_std)
-        if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
-            raise LatentmapError("latent std must be finite and positive in every feature")
-        self.latent_mean.copy_(mean.reshape(shape).to(self.latent_mean))
-        self.latent_std.copy_(std)
-
-    def normalize_latents(self, latents: Tensor) -> Tensor:
-        """Generator units -> the z-normalised space the diffusion runs in."""
-        return (latents - self.latent_mean) / self.latent_std
-
-    def denormalize_latents(self, latents: Tensor) -> Tensor:
-        """The z-normalised space -> generator units."""
-        return latents * self.latent_std + self.latent_mean
-
-    def _check_latents(self, latents: Tensor) -> None:
-        c = self.config
-        if latents.ndim != 3 or latents.shape[1] != c.tokens or latents.shape[2] != c.latent_dim:
-            raise LatentmapError(
-                f"prior expects latents of shape (B, {c.tokens}, {c.latent_dim}), got {tuple(latents.shape)}"
-            )
+    @property
+    def normalizes_conditions(self) -> bool:
+        return self.options.normalize_cond
 
     def _prepare_cond(self, cond: Tensor, batch: int | None = None) -> Tensor:
-        c = self.config
-        if cond.ndim != 2 or cond.shape[1] != c.cond_dim:
-            raise LatentmapError(
-                f"condition has shape {tuple(cond.shape)}, but this prior expects (B, {c.cond_dim}) "
-                f"embeddings (was it trained with a different encoder?)"
-            )
-        if batch is not None and cond.shape[0] != batch:
-            raise LatentmapError(f"{cond.shape[0]} conditions for {batch} latents")
+        self.check_cond(cond, batch)
         cond = cond.to(self.latent_mean)
-        return F.normalize(cond, dim=-1) if c.normalize_cond else cond
+        return F.normalize(cond, dim=-1) if self.options.normalize_cond else cond
 
     def _check_guidance(self, guidance: float) -> None:
-        if guidance != 1.0 and self.config.cond_drop_prob == 0.0:
+        if guidance != 1.0 and self.options.cond_drop_prob == 0.0:
             raise LatentmapError(
                 f"guidance {guidance} needs a prior trained with condition dropout, but cond_drop_prob is 0; use guidance 1"
             )
@@ -174,23 +115,23 @@ class DiffusionPrior(Prior):
         Draws, in this order from ``generator``: t ~ U{0..T−1} (B,), noise like the latents, and a
         per-sample keep mask with P(keep) = 1 − cond_drop_prob.
         """
-        self._check_latents(latents)
+        self.check_latents(latents)
         batch = latents.shape[0]
         device = self.latent_mean.device
         draw_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.config.timesteps, (batch,), generator=generator, device=draw_device).to(device)
+        t = torch.randint(0, self.options.timesteps, (batch,), generator=generator, device=draw_device).to(device)
         noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(device)
-        keep = (torch.rand(batch, generator=generator, device=draw_device) >= self.config.cond_drop_prob).to(device)
+        keep = (torch.rand(batch, generator=generator, device=draw_device) >= self.options.cond_drop_prob).to(device)
         return self.loss_given(latents, cond, t=t, noise=noise, keep=keep)
 
     def loss_given(self, latents: Tensor, cond: Tensor, *, t: Tensor, noise: Tensor, keep: Tensor) -> Tensor:
         """The training loss for explicit draws: timesteps t (B,), noise, condition keep mask (B,) bool."""
-        self._check_latents(latents)
+        self.check_latents(latents)
         cond = self._prepare_cond(cond, latents.shape[0])
         x0 = self.normalize_latents(latents.to(self.latent_mean))
         noise = noise.reshape(x0.shape).to(x0)
         prediction = self.net(self.q_sample(x0, t, noise), t, cond, keep.to(torch.bool))
-        target = x0 if self.config.objective == "x0" else noise
+        target = x0 if self.options.objective == "x0" else noise
         return F.mse_loss(prediction, target)
 
     def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,7 +147,7 @@ class DiffusionPrior(Prior):
 
     def predict_x0(self, x_t: Tensor, t: Tensor, output: Tensor) -> Tensor:
         """The network output as an x0 estimate (identity for objective x0)."""
-        if self.config.objective == "x0":
+        if self.options.objective == "x0":
             return output
         shape = (-1,) + (1,) * (x_t.ndim - 1)
         return (
@@ -231,7 +172,7 @@ class DiffusionPrior(Prior):
 
     def denoise(self, x_t: Tensor, t: Tensor | int, cond: Tensor, *, guidance: float = 1.0) -> Tensor:
         """x0 estimate (normalised space) of the guided prediction at timestep(s) ``t``."""
-        self._check_latents(x_t)
+        self.check_latents(x_t)
         self._check_guidance(guidance)
         cond = self._prepare_cond(cond, x_t.shape[0])
         t = self._timestep_tensor(t, x_t.shape[0], x_t.device)
@@ -242,66 +183,38 @@ class DiffusionPrior(Prior):
         return Schedule.from_buffers({name: getattr(self, name) for name in BUFFER_NAMES})
 
     def sampling_schedule(self, sampler: str, steps: int | None) -> Schedule:
-        """The schedule a sampler walks: all timesteps, evenly respaced ones, or clip2latent's skip."""
-        full = self.schedule()
-        total = self.config.timesteps
-        if sampler == "clip2latent":
-            steps = total if steps is None else steps
-            if not isinstance(steps, int) or steps < 1 or total % steps != 0:
-                raise LatentmapError(
-                    f"the clip2latent sampler needs steps that divide the model's {total} timesteps, got {steps!r}"
-                )
-            return clip2latent_respace(full, total // steps)
-        if steps is None or steps == total:
-            spaced_timesteps(total, total)
-            return full
-        return respace(full, spaced_timesteps(total, steps))
+        """The schedule ``sampler`` walks for ``steps`` (None: every timestep), from the stored one."""
+        return samplers.SAMPLERS[sampler].schedule(self.schedule(), steps)
 
     @torch.no_grad()
     def sample(
         self,
         cond: Tensor,
+        settings: DiffusionSampling | None = None,
         *,
-        steps: int | None = None,
-        sampler: str = "ddpm",
-        guidance: float = 1.0,
-        eta: float = 0.0,
-        truncation: float = 1.0,
         generator: torch.Generator | None = None,
-        callback: sampler_fns.Callback | None = None,
-        noise: sampler_fns.NoiseFn | None = None,
+        callback: samplers.Callback | None = None,
+        noise: samplers.NoiseFn | None = None,
     ) -> Tensor:
         """Latents (B, tokens, latent_dim) in generator units for conditions (B, cond_dim).
 
-        ``steps=None`` visits every timestep; fewer respaces the chain. ``sampler``: ``ddpm``
-        (ancestral), ``ddim`` (``eta``), or ``clip2latent`` (its quirky respaced sampler, for
-        checking imported models). ``truncation`` ψ lerps toward ``latent_mean``. ``noise``
-        replaces the random draws (e.g. :class:`~latentmap.prior.samplers.RecordedNoise`).
+        ``settings`` (default: :class:`DiffusionSampling`'s) pick the sampler from
+        :data:`~latentmap.prior.samplers.SAMPLERS`, the respaced step count and the guidance scale.
+        ``noise`` replaces the random draws (e.g. :class:`~latentmap.prior.samplers.RecordedNoise`).
         """
-        if sampler not in sampler_fns.SAMPLERS:
-            raise LatentmapError(f"unknown sampler {sampler!r}; expected one of {', '.join(sampler_fns.SAMPLERS)}")
-        self._check_guidance(guidance)
+        settings = settings if settings is not None else self.sampling()
+        self._check_guidance(settings.guidance)
         cond = self._prepare_cond(cond)
-        schedule = self.sampling_schedule(sampler, steps)
-        c = self.config
-        noise = noise if noise is not None else sampler_fns.RandomNoise(generator, self.latent_mean.device)
-        x = noise((cond.shape[0], c.tokens, c.latent_dim)).to(self.latent_mean)
+        schedule = self.sampling_schedule(settings.sampler, settings.steps)
+        noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
+        x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            return self.predict_x0(x_t, t, self.guided_output(x_t, t, cond, guidance=guidance))
+            return self.predict_x0(x_t, t, self.guided_output(x_t, t, cond, guidance=settings.guidance))
 
-        if sampler == "ddim":
-            x = sampler_fns.ddim(denoise, x, schedule, noise=noise, eta=eta, callback=callback)
-        elif sampler == "clip2latent":
-            x = sampler_fns.clip2latent_compat(denoise, x, schedule, noise=noise, callback=callback)
-        else:
-            x = sampler_fns.ddpm(denoise, x, schedule, noise=noise, callback=callback)
-        latents = self.denormalize_latents(x)
-        return self.latent_mean + truncation * (latents - self.latent_mean)
-
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
+        walk = samplers.SAMPLERS[settings.sampler].walk
+        return self.denormalize_latents(walk(denoise, x, schedule, noise=noise, eta=settings.eta, callback=callback))
 
     def extra_repr(self) -> str:
-        c = self.config
-        return f"tokens={c.tokens}, latent_dim={c.latent_dim}, cond_dim={c.cond_dim}, timesteps={c.timesteps}"
+        s = self.shape
+        return f"tokens={s.tokens}, latent_dim={s.latent_dim}, cond_dim={s.cond_dim}, timesteps={self.options.timesteps}"

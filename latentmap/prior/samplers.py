@@ -11,13 +11,14 @@ so reference traces made with known noise can be reproduced step by step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from latentmap.errors import LatentmapError
-from latentmap.prior.schedule import Schedule
+from latentmap.prior.schedule import Schedule, clip2latent_respace, respace, spaced_timesteps
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
@@ -68,9 +69,17 @@ def _report(callback: Callback | None, step: int, t: int, x: Tensor, x0: Tensor)
 
 
 def ddpm(
-    denoise: DenoiseFn, x: Tensor, schedule: Schedule, *, noise: NoiseFn, callback: Callback | None = None
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    noise: NoiseFn,
+    eta: float = 1.0,
+    callback: Callback | None = None,
 ) -> Tensor:
     """Ancestral DDPM: x_{j−1} = coef1·x̂_0 + coef2·x_j + [j ≠ 0]·σ_j·z, over every step of ``schedule``.
+
+    ``eta`` is accepted for the common signature and not used: the noise is always the posterior's.
 
     With a schedule from :func:`~latentmap.prior.schedule.respace` this is the respaced DDPM whose
     noise variance matches the shorter chain. One z is drawn per step, also at the last (as the
@@ -117,7 +126,13 @@ def ddim(
 
 
 def clip2latent_compat(
-    denoise: DenoiseFn, x: Tensor, schedule: Schedule, *, noise: NoiseFn, callback: Callback | None = None
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    noise: NoiseFn,
+    eta: float = 1.0,
+    callback: Callback | None = None,
 ) -> Tensor:
     """clip2latent's respaced sampler, reproduced for checking imported models against its samples.
 
@@ -128,4 +143,42 @@ def clip2latent_compat(
     return ddpm(denoise, x, schedule, noise=noise, callback=callback)
 
 
-SAMPLERS = ("ddpm", "ddim", "clip2latent")
+# ----------------------------------------------------------------------------- the schedules they walk
+def respaced(full: Schedule, steps: int | None) -> Schedule:
+    """``steps`` evenly spaced timesteps of ``full`` with the variances of the shorter chain (None: all)."""
+    total = len(full)
+    if steps is None or steps == total:
+        spaced_timesteps(total, total)
+        return full
+    return respace(full, spaced_timesteps(total, steps))
+
+
+def clip2latent_skipped(full: Schedule, steps: int | None) -> Schedule:
+    """clip2latent's respacing: every ``T / steps``-th timestep, variances of the original steps."""
+    total = len(full)
+    steps = total if steps is None else steps
+    if not isinstance(steps, int) or steps < 1 or total % steps != 0:
+        raise LatentmapError(f"the clip2latent sampler needs steps that divide the model's {total} timesteps, got {steps!r}")
+    return clip2latent_respace(full, total // steps)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: the walk, and the schedule it walks for a number of steps."""
+
+    walk: Callable[..., Tensor]
+    schedule: Callable[[Schedule, int | None], Schedule]
+    description: str
+
+
+# The one list of sampler names: recipes, the command line and the prior all read it.
+SAMPLERS: dict[str, Sampler] = {
+    "ddim": Sampler(ddim, respaced, "DDIM, deterministic at eta 0"),
+    "ddpm": Sampler(ddpm, respaced, "ancestral DDPM over the respaced chain"),
+    "clip2latent": Sampler(clip2latent_compat, clip2latent_skipped, "clip2latent's own respaced sampler (imported models)"),
+}
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The registered sampler names (a callable, so option declarations always read the current registry)."""
+    return tuple(SAMPLERS)

@@ -40,10 +40,10 @@ class ValidationSet:
 
 @dataclass
 class ValidationOptions:
+    """How validation samples: per-prompt count, the prior's sampling settings (None: its defaults), batch, seed."""
+
     samples_per_prompt: int = 4
-    steps: int = 25
-    sampler: str = "ddim"
-    guidance: float = 1.0
+    sampling: Any = None
     batch_size: int = 64
     seed: int = 0
 
@@ -89,7 +89,7 @@ def render_and_score(
     for start in range(0, cond.shape[0], options.batch_size):
         chunk = cond[start : start + options.batch_size].to(device)
         latents = prior.sample(
-            chunk, steps=options.steps, sampler=options.sampler, guidance=options.guidance, generator=rng
+            chunk, options.sampling, generator=rng
         )
         images = generator.synthesize(latents.to(generator.device)).float()
         image_embeds = embed_images(encoder, images, batch_size=options.batch_size)
