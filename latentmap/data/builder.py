@@ -19,18 +19,17 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from latentmap.atomic import remove_stale_temporaries, write_atomic
-from latentmap.data.distributed import DistContext
 from latentmap.data.manifest import (
     STD_CORRECTION,
     BuildSettings,
@@ -50,8 +49,14 @@ from latentmap.data.previews import (
 from latentmap.data.seeds import shard_generator
 from latentmap.data.shards import ShardRecord, encode_shard, inspect_shard, read_shard, shard_file_name, storage_dtype
 from latentmap.data.stats import Moments, merge_all
+from latentmap.distributed import World, join_world
 from latentmap.errors import LatentmapError
+from latentmap.identity import require_same
 from latentmap.interfaces import Encoder, Generator
+from latentmap.recipe import DataSection
+
+if TYPE_CHECKING:
+    from latentmap.recipe import Recipe
 
 # Latents are drawn in chunks of this many samples (the last one of a shard smaller): fixed, so the
 # random stream of a shard is consumed identically whatever the batch size.
@@ -59,6 +64,8 @@ LATENT_CHUNK = 1024
 # Complete shards waiting for the writer; bounds memory while compute runs ahead of the disk.
 MAX_PENDING_SHARDS = 2
 SETTINGS_CHECK_ORDER = ("space", "seed", "shard_size", "dtype", "generator", "encoder")
+# The defaults of a build are the recipe's (the ``data`` section), for every way of starting one.
+DATA_DEFAULTS = DataSection()
 
 
 @dataclass
@@ -67,10 +74,10 @@ class BuildConfig:
 
     out: Path
     samples: int
-    batch_size: int = 64
-    shard_size: int = 10_000
-    seed: int = 0
-    dtype: str = "float16"
+    batch_size: int = DATA_DEFAULTS.batch_size
+    shard_size: int = DATA_DEFAULTS.shard_size
+    seed: int = DATA_DEFAULTS.seed
+    dtype: str = DATA_DEFAULTS.dtype
     save_images: bool = False
     progress: bool = True
 
@@ -253,6 +260,10 @@ def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] |
     recorded = BuildSettings(**{name: existing[name] for name in wanted}).comparable() if all(
         name in existing for name in wanted) else existing
     for name in SETTINGS_CHECK_ORDER:  # simple settings first: "seed=0, not 1" reads better than a checksum
+        if name in ("generator", "encoder") and isinstance(existing.get(name), dict):
+            require_same(name, existing[name], getattr(settings, name),
+                         context=f"{out} holds a dataset built with another {name}; choose a new --out folder")
+            continue
         difference = settings_difference({name: recorded.get(name)}, {name: wanted[name]})
         if difference is None:
             continue
@@ -298,10 +309,10 @@ def build_dataset(
     encoder: Encoder,
     config: BuildConfig,
     *,
-    dist: DistContext | None = None,
+    world: World | None = None,
 ) -> BuildSummary:
     """Build (or resume, or verify and repair) the dataset ``config.out``; see the module docstring."""
-    dist = dist or DistContext()
+    world = world or World()
     started = time.perf_counter()
     dtype = storage_dtype(config.dtype)
     settings = BuildSettings(
@@ -320,15 +331,15 @@ def build_dataset(
     existing = _check_same_settings(out, settings)
     if existing is None and any(out.iterdir()) and not any(out.glob("shard-*.safetensors")):
         raise LatentmapError(f"--out {out} is not empty and holds no dataset; choose a new or empty folder")
-    dist.barrier()  # every rank has checked the folder before rank 0 changes it
-    if dist.is_main:
+    world.barrier()  # every rank has checked the folder before rank 0 changes it
+    if world.is_main:
         remove_stale_temporaries(out)
         if existing is None or existing.get("samples") != config.samples or not existing.get("complete"):
             write_manifest_json(out, start_manifest(settings, config.samples))
-    dist.barrier()
+    world.barrier()
 
     counts = plan_shards(config.samples, config.shard_size)
-    mine = [index for index in range(len(counts)) if dist.owns_shard(index)]
+    mine = [index for index in range(len(counts)) if world.owns_shard(index)]
     table = MomentTable(len(counts), (generator.space.tokens, generator.space.dim), encoder.embed_dim)
     records: dict[int, ShardRecord] = {}
     rebuilt: list[tuple[int, str]] = []
@@ -348,8 +359,8 @@ def build_dataset(
         initial=my_total - sum(counts[i] for i in to_build),
         unit="samples",
         unit_scale=True,
-        desc=f"build-data {out.name}" + (f" rank {dist.rank}/{dist.world_size}" if dist.world_size > 1 else ""),
-        disable=not config.progress or not dist.is_main,
+        desc=f"build-data {out.name}" + (f" rank {world.rank}/{world.size}" if world.size > 1 else ""),
+        disable=not config.progress or not world.is_main,
         dynamic_ncols=True,
     )
     writer = ShardWriter(out, build_key, table)
@@ -366,10 +377,10 @@ def build_dataset(
     build_seconds = time.perf_counter() - build_started
     records.update({record.index: record for record in new_records})
 
-    dist.barrier()
-    if dist.is_main:
-        _finalise(out, generator, settings, config, counts, records, table, build_key, dist, time.perf_counter() - started)
-    built_shards, built_samples, reused_shards, seconds = dist.total(
+    world.barrier()
+    if world.is_main:
+        _finalise(out, generator, settings, config, counts, records, table, build_key, world, time.perf_counter() - started)
+    built_shards, built_samples, reused_shards, seconds = world.total(
         [len(to_build), sum(counts[i] for i in to_build), len(mine) - len(to_build), build_seconds]
     )
     return BuildSummary(
@@ -379,10 +390,48 @@ def build_dataset(
         built_shards=int(built_shards),
         built_samples=int(built_samples),
         reused_shards=int(reused_shards),
-        seconds=seconds / dist.world_size,  # the mean wall time of the ranks, which ran in parallel
+        seconds=seconds / world.size,  # the mean wall time of the ranks, which ran in parallel
         bytes_on_disk=sum((out / shard_file_name(i)).stat().st_size for i in range(len(counts))),
-        world_size=dist.world_size,
+        world_size=world.size,
         rebuilt=rebuilt,
+    )
+
+
+def build_data(
+    data: DataSection,
+    generator: str,
+    encoder: str,
+    *,
+    generator_options: Mapping[str, Any] | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
+    save_images: bool = False,
+    progress: bool = True,
+) -> BuildSummary:
+    """``latentmap build-data`` as a function: the dataset ``data`` describes, of a registered generator and encoder.
+
+    Joins torchrun's world if there is one (each process then builds its share of the shards on its
+    own device), loads the generator and encoder there and builds, resumes or repairs ``data.dir``.
+    """
+    import latentmap
+
+    world = join_world(data.device)
+    try:
+        generator_model = latentmap.get_generator(generator, **(generator_options or {})).to(world.device)
+        encoder_model = latentmap.get_encoder(encoder, **(encoder_options or {})).to(world.device)
+        config = BuildConfig(
+            out=data.dir, samples=data.samples, batch_size=data.batch_size, shard_size=data.shard_size,
+            seed=data.seed, dtype=data.dtype, save_images=save_images, progress=progress,
+        )
+        return build_dataset(generator_model, encoder_model, config, world=world)
+    finally:
+        world.close()
+
+
+def build_data_from_recipe(recipe: Recipe, *, progress: bool = True) -> BuildSummary:
+    """``build_data`` of a recipe's ``generator``, ``encoder`` and ``data`` sections."""
+    return build_data(
+        recipe.data, recipe.generator.name, recipe.encoder.name, generator_options=recipe.generator.factory_options(),
+        encoder_options=recipe.encoder.factory_options(), progress=progress,
     )
 
 
@@ -395,7 +444,7 @@ def _finalise(
     records: dict[int, ShardRecord],
     table: MomentTable,
     build_key: str,
-    dist: DistContext,
+    world: World,
     seconds: float,
 ) -> None:
     """Rank 0, after every rank is done: verify other ranks' shards, merge statistics, write the manifest."""
@@ -426,7 +475,7 @@ def _finalise(
         build={
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(),
-            "world_size": dist.world_size,
+            "world_size": world.size,
             "seconds": round(seconds, 3),
             "torch": torch.__version__,
         },

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from latentmap.atomic import write_atomic
 from latentmap.errors import LatentmapError
+from latentmap.identity import essence
 
 MANIFEST_NAME = "manifest.json"
 DATASET_FORMAT = "latentmap-dataset/1"
@@ -49,15 +50,14 @@ class BuildSettings:
         }
 
     def comparable(self) -> dict[str, Any]:
-        """The settings that decide shard content: identities without how they were asked for.
+        """The settings that decide shard content, generator and encoder reduced to their identity's essence.
 
-        ``options`` (e.g. the path of a weights file) say where an object came from; what it is
-        (weights checksum, truncation, resolution ...) stands in the identity's other keys, so moving
-        a weights file does not invalidate a dataset.
+        The essence (latentmap.identity) leaves out where weights came from, so moving or renaming a
+        weights file does not invalidate a dataset, while other weights or options do.
         """
         settings = self.to_dict()
         for kind in ("generator", "encoder"):
-            settings[kind] = {k: v for k, v in settings[kind].items() if k != "options"}
+            settings[kind] = essence(kind, settings[kind])
         return settings
 
     def key(self) -> str:
