@@ -19,8 +19,8 @@ __all__ = [
     "get_encoder", "get_generator", "get_prior", "get_space", "hookimpl", "list_plugins", "register_module",
     "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
     # the plugin API: what a plugin needs besides the contracts (docs/plugins.md, "Helpers for plugins")
-    "option", "resolve_weights", "sha256_file", "downloads_disabled", "write_atomic", "replace_atomically",
-    "identity_differences",
+    "option", "build_options", "registered_names", "resolve_weights", "sha256_file", "downloads_disabled",
+    "write_atomic", "replace_atomically", "identity_differences",
 ]
 
 # Heavier entry points, imported on first use so ``import latentmap`` stays light. The task modules
@@ -33,6 +33,7 @@ _LAZY = {
     "load_recipe": "latentmap.recipe",
     "build_dataset": "latentmap.data.builder",
     "option": "latentmap.config",
+    "build_options": "latentmap.config",
     "resolve_weights": "latentmap.weights",
     "sha256_file": "latentmap.weights",
     "downloads_disabled": "latentmap.weights",
@@ -79,3 +80,10 @@ def get_space(name: str, *, layers: int, dim: int, **options: Any) -> LatentSpac
     from latentmap.plugins import build
 
     return build("spaces", name, layers, dim, options=options)
+
+
+def registered_names(kind: str) -> list[str]:
+    """The names registered for ``kind`` ("generators", "encoders", "priors", "spaces"), sorted."""
+    from latentmap.plugins import registrations
+
+    return sorted(registrations(kind))

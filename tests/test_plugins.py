@@ -176,3 +176,15 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     command = next(line.strip() for line in ci.splitlines() if "pytest" in line)
     assert command in readme
+
+
+def test_builtin_plugins_use_only_the_public_plugin_api() -> None:
+    """The built-ins come through the same door as a third party: nothing from latentmap's private modules."""
+    import re
+
+    private = []
+    for path in sorted((REPO / "plugins").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*(from latentmap\.|import latentmap\.)", line):
+                private.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert private == []

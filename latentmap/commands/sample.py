@@ -41,6 +41,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     latentmap sample --checkpoint best.safetensors --image face.png --out variations/
     """
     from latentmap.images import load_images
+    from latentmap.recipe import SampleSection
     from latentmap.sample import sample, write_samples
 
     texts = gather_prompts(prompts, prompts_file)
@@ -51,8 +52,9 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     pipeline = build_pipeline(kwargs)
     settings = settings_from(pipeline, kwargs)
     recipe_sample = (pipeline.metadata.get("recipe") or {}).get("sample") or {}
-    candidates = candidates if candidates is not None else int(recipe_sample.get("candidates", 16))
-    keep = keep if keep is not None else min(int(recipe_sample.get("keep", 4)), candidates)
+    defaults = SampleSection()
+    candidates = candidates if candidates is not None else int(recipe_sample.get("candidates", defaults.candidates))
+    keep = keep if keep is not None else min(int(recipe_sample.get("keep", defaults.keep)), candidates)
     images = labels = None
     if image_paths:
         images = load_images(image_paths)

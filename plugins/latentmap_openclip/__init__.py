@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from latentmap.config import option
-from latentmap.hookspecs import hookimpl
+from latentmap import hookimpl, option
 from latentmap_openclip.preprocess import PREPROCESS_MODES
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")

@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentmap.config import build_options
-from latentmap.errors import LatentmapError
-from latentmap.interfaces import Encoder
-from latentmap.weights import sha256_file
-
+from latentmap import Encoder, LatentmapError, build_options, sha256_file
 from latentmap_openclip import OpenClipOptions
 from latentmap_openclip.loading import LoadedModel, load_model
-from latentmap_openclip.preprocess import Clip2LatentPreprocess, OpenClipPreprocess, check_images
+from latentmap_openclip.preprocess import (
+    Clip2LatentPreprocess,
+    OpenClipPreprocess,
+    check_images,
+)
 from latentmap_openclip.spec import EncoderSpec, parse_spec
 
 

@@ -26,9 +26,7 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from torch import nn
 
-from latentmap.errors import LatentmapError
-from latentmap.weights import downloads_disabled, resolve_weights
-
+from latentmap import LatentmapError, downloads_disabled, resolve_weights
 from latentmap_openclip.spec import EncoderSpec
 
 HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

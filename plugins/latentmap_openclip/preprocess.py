@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError
 
 PREPROCESS_MODES = ("openclip", "clip2latent-double-norm")
 RESIZE_MODES = ("shortest", "longest", "squash")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError
 
 DEFAULT_SPEC = "ViT-B-32/openai"
 HF_HUB_SCHEMA = "hf-hub:"

@@ -15,14 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from latentmap.config import option
-from latentmap.hookspecs import hookimpl
+from latentmap import hookimpl, option
 from latentmap_shapes.captions import describe, describe_batch, read_prompt
-from latentmap_shapes.generator import DEFAULT_RESOLUTION, MAX_RESOLUTION, MIN_RESOLUTION, ShapesGenerator
-from latentmap_shapes.layout import SPACE, decision_margins, decode_attributes, latents_with_attributes
+from latentmap_shapes.generator import (
+    DEFAULT_RESOLUTION,
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
+    ShapesGenerator,
+)
+from latentmap_shapes.layout import (
+    SPACE,
+    decision_margins,
+    decode_attributes,
+    latents_with_attributes,
+)
 from latentmap_shapes.renderer import RENDERER_VERSION
 from latentmap_shapes.vocabulary import (
-    BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, attribute_names, class_index,
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    VOCABULARY,
+    attribute_names,
+    class_index,
 )
 
 __all__ = [

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError
 from latentmap_shapes.vocabulary import VOCABULARY
 
 PARTS: tuple[str, ...] = ("size", "colour", "shape", "position", "background")

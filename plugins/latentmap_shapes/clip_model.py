@@ -20,7 +20,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError
 from latentmap_shapes.captions import caption_words
 from latentmap_shapes.tokenizer import WordTokenizer
 

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentmap.interfaces import Encoder
-from latentmap.weights import sha256_file
+from latentmap import Encoder, sha256_file
 from latentmap_shapes.clip_model import DEFAULT_WEIGHTS, load_model, prepare_images
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from latentmap.interfaces import Encoder
+from latentmap import Encoder
 from latentmap_shapes.captions import describe
 from latentmap_shapes.generator import ShapesGenerator
 from latentmap_shapes.vocabulary import VOCABULARY

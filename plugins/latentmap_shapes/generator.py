@@ -7,10 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latentmap.errors import LatentmapError
-from latentmap.interfaces import Generator
+from latentmap import Generator, LatentmapError
 from latentmap_shapes.captions import read_prompt
-from latentmap_shapes.layout import DIM, SPACE, TOKENS, decode_attributes, scene_from_latents
+from latentmap_shapes.layout import (
+    DIM,
+    SPACE,
+    TOKENS,
+    decode_attributes,
+    scene_from_latents,
+)
 from latentmap_shapes.renderer import RENDERER_VERSION, render
 
 DEFAULT_RESOLUTION = 64

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from latentmap.errors import LatentmapError
-from latentmap.interfaces import LatentSpace
+from latentmap import LatentmapError, LatentSpace
 from latentmap_shapes.vocabulary import COLOURS, COLUMNS, ROWS, SHAPES, VOCABULARY
 
 TOKENS = 3

@@ -24,9 +24,14 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from latentmap.interfaces import Encoder
+from latentmap import Encoder
 from latentmap_shapes.captions import training_caption
-from latentmap_shapes.clip_model import DEFAULT_WEIGHTS, build_model, default_config, save_weights
+from latentmap_shapes.clip_model import (
+    DEFAULT_WEIGHTS,
+    build_model,
+    default_config,
+    save_weights,
+)
 from latentmap_shapes.generator import ShapesGenerator
 from latentmap_shapes.tokenizer import WordTokenizer
 

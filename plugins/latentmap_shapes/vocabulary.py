@@ -59,7 +59,7 @@ def attribute_names() -> dict[str, tuple[str, ...]]:
 
 def class_index(attribute: str, name: str) -> int:
     """The index of class ``name`` of ``attribute`` (e.g. ``class_index("colour", "red") == 0``)."""
-    from latentmap.errors import LatentmapError
+    from latentmap import LatentmapError
 
     if attribute not in VOCABULARY:
         raise LatentmapError(f"unknown shapes attribute {attribute!r}; expected one of {', '.join(VOCABULARY)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from latentmap.hookspecs import hookimpl
+from latentmap import hookimpl
 from latentmap_stylegan.generator import StyleGANOptions
 from latentmap_stylegan.zoo import ZOO, ZooOptions, build_generator, build_zoo_generator
 

@@ -18,7 +18,7 @@ def command(pickle_path: Path, out: Path, network_key: str) -> None:
     The pickle is read by latentmap's restricted unpickler (no code from the file runs); the
     result loads with generator option weights=OUT.safetensors and needs no pickle at all.
     """
-    from latentmap.errors import LatentmapError
+    from latentmap import LatentmapError
     from latentmap_stylegan.converted import save_converted, tensors_sha256
     from latentmap_stylegan.pickle_loader import load_network_pickle
 

@@ -16,9 +16,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from latentmap.atomic import replace_atomically
-from latentmap.errors import LatentmapError
-from latentmap_stylegan.pickle_loader import LoadedNetwork, build_network, load_tensors_strictly, to_plain
+from latentmap import LatentmapError, replace_atomically
+from latentmap_stylegan.pickle_loader import (
+    LoadedNetwork,
+    build_network,
+    load_tensors_strictly,
+    to_plain,
+)
 
 FORMAT = "latentmap-stylegan"
 FORMAT_VERSION = "1"

@@ -23,9 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from latentmap.config import build_options, option
-from latentmap.errors import LatentmapError
-from latentmap.interfaces import Generator, LatentSpace
+from latentmap import Generator, LatentmapError, LatentSpace, build_options, option
 from latentmap_stylegan.converted import tensors_sha256
 from latentmap_stylegan.mapping import truncate
 
@@ -35,9 +33,9 @@ NOISE_MODES = ("const", "random", "none")
 
 def space_names() -> list[str]:
     """The registered latent spaces (the registry is the one list)."""
-    from latentmap.plugins import registrations
+    import latentmap
 
-    return sorted(registrations("spaces"))
+    return latentmap.registered_names("spaces")
 
 
 @dataclass

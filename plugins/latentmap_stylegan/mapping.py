@@ -134,7 +134,7 @@ class MappingNetwork(nn.Module):
         if update_emas and hasattr(self, "w_avg"):
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is None:
-            return x if truncation_psi == 1 else self.w_avg.lerp(x, truncation_psi)
+            return x if truncation_psi == 1 else truncate(x, self.w_avg, truncation_psi)
         ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if truncation_psi != 1:
             ws = truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError
 
 PICKLE_PROTOCOL_BYTE = 0x80
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C

@@ -29,8 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentmap.errors import LatentmapError
-from latentmap_stylegan.mapping import LRELU_SLOPE, FullyConnectedLayer, MappedGenerator, MappingNetwork
+from latentmap import LatentmapError
+from latentmap_stylegan.mapping import (
+    LRELU_SLOPE,
+    FullyConnectedLayer,
+    MappedGenerator,
+    MappingNetwork,
+)
 from latentmap_stylegan.ops import make_filter
 
 SQRT2 = math.sqrt(2.0)

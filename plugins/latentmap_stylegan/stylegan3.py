@@ -26,8 +26,12 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from latentmap.errors import LatentmapError
-from latentmap_stylegan.mapping import FullyConnectedLayer, MappedGenerator, MappingNetwork
+from latentmap import LatentmapError
+from latentmap_stylegan.mapping import (
+    FullyConnectedLayer,
+    MappedGenerator,
+    MappingNetwork,
+)
 from latentmap_stylegan.sg3_filters import design_lowpass_filter
 from latentmap_stylegan.sg3_resample import filtered_lrelu, filtered_lrelu_reference
 from latentmap_stylegan.sg3_schedule import InputSpec, LayerSpec, derive_schedule

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from latentmap.config import option
-from latentmap.errors import LatentmapError
+from latentmap import LatentmapError, option
 from latentmap_stylegan.converted import load_network
 from latentmap_stylegan.generator import StyleGANGenerator, StyleGANOptions
 
@@ -75,7 +74,7 @@ def build_generator(kind: str, name: str, options: StyleGANOptions):
 
 def build_zoo_generator(name: str, options: ZooOptions):
     """A zoo entry's generator, weights resolved through the shared weights cache."""
-    from latentmap.weights import resolve_weights
+    from latentmap import resolve_weights
 
     entry = ZOO[name]
     path = resolve_weights(name, filename=entry.filename, url=entry.url, sha256=entry.sha256,
