@@ -188,3 +188,19 @@ def test_builtin_plugins_use_only_the_public_plugin_api() -> None:
             if re.match(r"\s*(from latentmap\.|import latentmap\.)", line):
                 private.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert private == []
+
+
+def test_list_options_prints_each_components_own_declaration() -> None:
+    from click.testing import CliRunner
+
+    from latentmap.cli import cli
+
+    priors = CliRunner().invoke(cli, ["list", "priors", "--options"])
+    assert priors.exit_code == 0, priors.output
+    assert "depth (int, default 12, >= 1): transformer layers" in priors.output
+    assert "sampling settings:" in priors.output
+    assert "sampler (str, default 'ddim', one of ddim|ddpm|clip2latent)" in priors.output
+    spaces = CliRunner().invoke(cli, ["list", "spaces", "--options"])
+    assert "split (list[int] | None, default None)" in spaces.output
+    plain = CliRunner().invoke(cli, ["list", "priors"])
+    assert "diffusion" in plain.output and "sampling settings" not in plain.output
