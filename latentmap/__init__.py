@@ -20,7 +20,7 @@ __all__ = [
     "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
     # the plugin API: what a plugin needs besides the contracts (docs/plugins.md, "Helpers for plugins")
     "option", "build_options", "registered_names", "resolve_weights", "sha256_file", "downloads_disabled",
-    "write_atomic", "replace_atomically", "identity_differences",
+    "write_atomic", "replace_atomically", "identity_differences", "PriorNetwork",
 ]
 
 # Heavier entry points, imported on first use so ``import latentmap`` stays light. The task modules
@@ -40,10 +40,19 @@ _LAZY = {
     "write_atomic": "latentmap.atomic",
     "replace_atomically": "latentmap.atomic",
     "identity_differences": "latentmap.identity:differences",
+    "PriorNetwork": "latentmap.prior.network",
 }
 
 
+# The task modules, reachable as attributes after a plain ``import latentmap`` (imported on first use).
+_TASK_MODULES = ("sample", "edit", "optimize", "evaluate", "train", "pipeline", "checkpoint", "recipe")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _TASK_MODULES:
+        import importlib
+
+        return importlib.import_module(f"latentmap.{name}")
     if name in _LAZY:
         import importlib
 

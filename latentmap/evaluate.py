@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from latentmap.errors import LatentmapError
 from latentmap.pipeline import Pipeline, SamplerSettings
-from latentmap.sample import sample_from_conditions
+from latentmap.sample import as_prompts, sample_from_conditions
 
 __all__ = ["AttributeWorld", "attribute_accuracy", "evaluate", "prefixed"]
 
@@ -92,7 +92,7 @@ def _sync(device: torch.device) -> None:
 
 def evaluate(
     pipeline: Pipeline,
-    prompts: list[str],
+    prompts: str | list[str],
     *,
     prefix: str | None = DEFAULT_PREFIX,
     candidates: int = 16,
@@ -104,7 +104,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol and return a JSON-ready report (scores, timing, settings, per-prompt results)."""
-    prompts = [p for p in prompts if p.strip()]
+    prompts = [p for p in as_prompts(prompts) if p.strip()]
     if not prompts:
         raise LatentmapError("no prompts to evaluate: the prompts file is empty")
     if prompts_per_batch < 1:

@@ -42,16 +42,19 @@ def save_png(image: Tensor, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_image(path: str | os.PathLike, *, size: int | None = None) -> Tensor:
-    """Read an image file -> (3, H, W) float tensor in [-1, 1] (resized to ``size`` square if given)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LatentmapError(f"image file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as opened:
-            rgb = opened.convert("RGB")
-    except OSError as exc:
-        raise LatentmapError(f"cannot read image {str(path)!r}: {exc}") from exc
+def load_image(path: str | os.PathLike | Image.Image, *, size: int | None = None) -> Tensor:
+    """An image file (or a Pillow image) -> (3, H, W) float tensor in [-1, 1] (resized to ``size`` square if given)."""
+    if isinstance(path, Image.Image):
+        rgb = path.convert("RGB")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise LatentmapError(f"image file {str(path)!r} does not exist")
+        try:
+            with Image.open(path) as opened:
+                rgb = opened.convert("RGB")
+        except OSError as exc:
+            raise LatentmapError(f"cannot read image {str(path)!r}: {exc}") from exc
     if size is not None:
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
     array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Encoder, Generator
 from latentmap.pipeline import Pipeline, SamplerSettings
-from latentmap.sample import SampleResult
+from latentmap.sample import SampleResult, as_prompts
 from latentmap.scoring import rank
 
 __all__ = ["INITS", "OptimizeSettings", "initial_latents", "optimize"]
@@ -79,7 +79,7 @@ def _scores(generator: Generator, encoder: Encoder, latents: Tensor, targets: Te
 def optimize(
     generator: Generator,
     encoder: Encoder,
-    prompts: list[str],
+    prompts: str | list[str],
     *,
     settings: OptimizeSettings | None = None,
     candidates: int = 1,
@@ -97,7 +97,7 @@ def optimize(
     independent), so memory stays bounded whatever the number of prompts and candidates.
     """
     settings = settings or OptimizeSettings()
-    prompts = [p for p in prompts if p.strip()]
+    prompts = [p for p in as_prompts(prompts) if p.strip()]
     if not prompts:
         raise LatentmapError("no prompts given: pass at least one prompt or a --prompts-file")
     if settings.steps < 0:

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from latentmap.identity import differences
 from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
 from latentmap.options import resolve_device
 from latentmap.recipe import MOVED_SAMPLING_KEYS
+
+if TYPE_CHECKING:
+    from latentmap.sample import Generation
 
 __all__ = ["Pipeline", "SamplerSettings", "load_pipeline"]
 
@@ -78,8 +81,59 @@ class Pipeline:
         sampling = self.prior.sampling(base.sampling, where=where, **changes)
         return SamplerSettings(sampling, base.truncation if truncation is None else float(truncation))
 
-    def embed_prompts(self, prompts: list[str]) -> Tensor:
+    def __call__(
+        self,
+        prompts: str | Sequence[str] | None = None,
+        *,
+        image: Any = None,
+        n: int = 4,
+        candidates: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        **settings: Any,
+    ) -> "Generation":
+        """Text (or image) to images in one call: ``pipe("a blue star", n=4, seed=0).images``.
+
+        ``prompts`` is one prompt or a list; ``image`` an image prompt instead (a path, a Pillow image,
+        a (3, H, W) or (N, 3, H, W) tensor in [-1, 1], or a list of those). The best ``n`` of
+        ``candidates`` (default: the checkpoint recipe's, at least ``n``) are kept by CLIP score.
+        Other keywords are sampling settings (``steps=10``, ``guidance=2.0``, ``truncation=0.7``).
+        """
+        from latentmap.sample import Generation, SampleResult, sample  # noqa: F401  (sample imports this module)
+
+        recipe_candidates = int(((self.metadata.get("recipe") or {}).get("sample") or {}).get("candidates", 16))
+        candidates = candidates if candidates is not None else max(n, recipe_candidates)
+        chosen = self.settings(**settings) if settings else self.defaults()
+        images = labels = None
+        if image is not None:
+            images, labels = _image_prompts(image)
+        result = sample(self, None if image is not None else prompts, images=images, image_labels=labels,
+                        candidates=candidates, keep=n, settings=chosen, seed=seed, progress=progress)
+        return Generation(result)
+
+    def direction(self, positive: str, negative: str, *, samples: int = 64, seed: int = 0, **settings: Any) -> Any:
+        """An edit direction from a positive and a negative prompt (see :func:`latentmap.edit.discover_direction`)."""
+        from latentmap.edit import discover_direction
+
+        chosen = self.settings(**settings) if settings else self.defaults()
+        return discover_direction(self, positive, negative, samples=samples, seed=seed, settings=chosen)
+
+    def edit(self, latents: Tensor, direction: Any, strengths: Sequence[float] = (-2.0, 0.0, 2.0)) -> list[list[Any]]:
+        """Pillow images of ``latents`` ((N, tokens, dim), e.g. ``pipe(...).latents[0]``) moved along
+        ``direction`` (a :class:`~latentmap.edit.Direction` or a file) at each strength: [latent][strength]."""
+        from latentmap.edit import Direction, load_direction, render_edits
+        from latentmap.images import tensor_to_pil
+
+        if not isinstance(direction, Direction):
+            direction = load_direction(direction)
+        flat = latents.reshape(-1, *latents.shape[-2:]).float()
+        per_layer = self.space.expand(flat) if flat.shape[1] == self.space.tokens else flat
+        rendered = render_edits(self.generator, per_layer, direction, [float(s) for s in strengths])
+        return [[tensor_to_pil(image) for image in row] for row in rendered]
+
+    def embed_prompts(self, prompts: str | Sequence[str]) -> Tensor:
         """Prior conditions for text prompts: raw text embeddings (N, D), as clip2latent feeds them."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise LatentmapError("no prompts given: pass at least one prompt or a --prompts-file")
         with torch.no_grad():
@@ -175,6 +229,26 @@ def load_pipeline(
     encoder = encoder.to(target)
     return Pipeline(prior=prior, encoder=encoder, generator=generator, metadata=metadata,
                     checkpoint=str(path), device=target)
+
+
+def _image_prompts(image: Any) -> tuple[Tensor, list[str]]:
+    """Image prompts given as paths, Pillow images or tensors in [-1, 1] -> ((N, 3, 224, 224), labels)."""
+    from latentmap.images import load_image
+
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    tensors, labels = [], []
+    for index, item in enumerate(items):
+        if isinstance(item, Tensor):
+            batch = item[None] if item.ndim == 3 else item
+            tensors += list(batch.float())
+            labels += [f"image {index}.{i}" if batch.shape[0] > 1 else f"image {index}" for i in range(batch.shape[0])]
+        else:
+            tensors.append(load_image(item))
+            labels.append(Path(item).name if isinstance(item, (str, os.PathLike)) else f"image {index}")
+    size = max(t.shape[-1] for t in tensors)
+    resized = [torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+               if t.shape[-2:] != (size, size) else t for t in tensors]
+    return torch.stack(resized), labels
 
 
 def _adopt_space(generator: Generator, space: LatentSpace, source: str) -> None:

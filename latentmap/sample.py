@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,20 @@ from tqdm.auto import tqdm
 
 from latentmap.edit import parse_layers, style_mix, truncate
 from latentmap.errors import LatentmapError
-from latentmap.images import contact_sheet, save_png
+from latentmap.images import contact_sheet, save_png, tensor_to_pil
 from latentmap.pipeline import Pipeline, SamplerSettings
 from latentmap.scoring import image_text_scores, rank
 
-__all__ = ["SampleResult", "sample", "sample_from_conditions", "write_samples", "slugify"]
+__all__ = ["Generation", "SampleResult", "as_prompts", "sample", "sample_from_conditions", "write_samples", "slugify"]
+
+
+def as_prompts(prompts: str | Sequence[str] | None) -> list[str]:
+    """One prompt or several, as a list: ``"a blue star"`` is one prompt, never nine letters."""
+    if prompts is None:
+        return []
+    if isinstance(prompts, str):
+        return [prompts]
+    return [str(p) for p in prompts]
 
 
 @dataclass
@@ -58,6 +67,44 @@ class SampleResult:
     @property
     def candidates(self) -> int:
         return int(self.candidate_scores.shape[1])
+
+
+@dataclass
+class Generation:
+    """What ``pipe("a blue star", n=4)`` returns: Pillow images, best first per prompt, with their latents and scores."""
+
+    result: SampleResult
+
+    @property
+    def images(self) -> list[Any]:
+        """The kept images as Pillow images, prompt by prompt, best first."""
+        images = self.result.images
+        return [tensor_to_pil(images[p, k]) for p in range(images.shape[0]) for k in range(images.shape[1])]
+
+    @property
+    def latents(self) -> Tensor:
+        """The kept latents in the space, (prompts, n, tokens, dim)."""
+        return self.result.latents
+
+    @property
+    def scores(self) -> Tensor:
+        """CLIP scores of the kept images, (prompts, n), best first."""
+        return self.result.scores
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.result.labels)
+
+    def grid(self) -> Any:
+        """One contact sheet: a row per prompt, each image captioned with its score."""
+        images = rearrange(self.result.images, "p k c h w -> (p k) c h w")
+        captions = [f"{label[:24]} {score:.3f}" for label, row in zip(self.result.labels, self.result.scores.tolist())
+                    for score in row]
+        return contact_sheet(images, captions, columns=self.result.images.shape[1])
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """PNGs, contact sheets, latents and samples.jsonl in ``folder`` (as ``latentmap sample`` writes them)."""
+        return write_samples(self.result, folder)
 
 
 def _check_counts(candidates: int, keep: int) -> None:
@@ -159,7 +206,7 @@ def sample_from_conditions(
 
 def sample(
     pipeline: Pipeline,
-    prompts: list[str] | None = None,
+    prompts: str | Sequence[str] | None = None,
     *,
     images: Tensor | None = None,
     image_labels: list[str] | None = None,
@@ -185,7 +232,7 @@ def sample(
         labels = image_labels or [f"image {i}" for i in range(images.shape[0])]
         kind = "image"
     else:
-        prompts = [p for p in (prompts or []) if p.strip()]
+        prompts = [p for p in as_prompts(prompts) if p.strip()]
         cond = pipeline.embed_prompts(prompts)
         labels, kind = prompts, "text"
     return sample_from_conditions(

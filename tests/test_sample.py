@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import helpers_colour
 from latentmap.cli import cli
+from latentmap.errors import LatentmapError
 from latentmap.images import load_image
 from latentmap.pipeline import load_pipeline
 from latentmap.sample import sample, write_samples
@@ -157,3 +158,14 @@ def test_cli_image_prompt(pipeline, tmp_path):
     result = CliRunner().invoke(cli, ["sample", "--checkpoint", pipeline.checkpoint, "red", "--image",
                                       str(tmp_path / "green.png")])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_a_string_is_one_prompt_everywhere(pipeline):
+    """``sample(pipe, "a blue star")`` once ran nine one-letter prompts."""
+    result = sample(pipeline, "cyan", candidates=2, keep=1, settings=pipeline.settings(steps=3), progress=False)
+    assert result.labels == ["cyan"] and result.latents.shape[0] == 1
+    generated = pipeline("cyan", n=2, candidates=3, steps=3)
+    assert generated.prompts == ["cyan"] and len(generated.images) == 2 and generated.images[0].mode == "RGB"
+    assert generated.grid().size[0] >= 2 * 8
+    with pytest.raises(LatentmapError, match="has no option 'stpes'"):
+        pipeline("cyan", stpes=3)

@@ -117,3 +117,24 @@ def test_eval_reports_attribute_accuracy_on_the_packaged_shapes_prompts(shapes_r
     # chance: colour 1/8, shape 1/4, every named attribute (colour+shape, or +position) 1/32 or 1/288
     assert accuracy["colour"] > 0.5 and accuracy["shape"] > 0.5 and accuracy["all"] > 0.2
     assert reranked["all"] >= accuracy["all"] - 0.05
+
+
+def test_the_notebook_snippet_in_the_docs_runs_as_written(shapes_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """docs/usage.md's three lines, run as they are written (only the checkpoint path points at this run)."""
+    import re
+
+    from latentmap_shapes import COLOURS, decode_attributes
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    block = re.search(r"<!-- notebook:.*?-->\n```python\n(.*?)```", text, re.S).group(1)
+    assert 'pipe("a blue star", n=4, seed=0)' in block
+    code = block.replace("runs/shapes/best.safetensors", str(shapes_run / "best.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/usage.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.images) == 4 and result.images[0].size == (64, 64)
+    assert (tmp_path / "blue-star.png").is_file() and (tmp_path / "grid.png").is_file()
+    assert result.scores.shape == (1, 4) and bool((result.scores[0, :-1] >= result.scores[0, 1:]).all())
+    colours = decode_attributes(result.latents[0])["colour"].tolist()
+    assert colours.count(COLOURS.index("blue")) >= 3, colours  # the prompted colour is the one drawn
