@@ -39,9 +39,9 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None], *
     disk or an I/O error becomes one LatentmapError naming ``path`` and leaves no temporary behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(temp)
         fd = os.open(temp, os.O_RDONLY)
         try:
@@ -52,17 +52,27 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None], *
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if exc.errno in _NO_SPACE:
-            amount = f" ({size / 1e6:.1f} MB)" if size is not None else ""
-            raise LatentmapError(
-                f"no space left on device while writing {path}{amount}; "
-                "free some space and run the same command again to resume"
-            ) from None
+            raise _no_space(path, size) from None
         raise LatentmapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        temp.unlink(missing_ok=True)
+        if type(exc).__name__ != "SafetensorError":  # safetensors reports I/O failures with its own type
+            raise
+        if "no space left" in str(exc).lower() or "os error 28" in str(exc).lower():
+            raise _no_space(path, size) from None
+        raise LatentmapError(f"cannot write {path}: {exc}") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
     return path
+
+
+def _no_space(path: Path, size: int | None) -> LatentmapError:
+    amount = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+    return LatentmapError(
+        f"no space left on device while writing {path}{amount}; free some space and run the same command again to resume"
+    )
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from latentmap.atomic import replace_atomically
+from latentmap.data.shards import content_digest
 from latentmap.errors import LatentmapError, UnknownNameError
 from latentmap.interfaces import Prior, PriorShape
 
@@ -59,13 +60,14 @@ def save_prior(
     clash = sorted(set(tensors) & set(extra))
     if clash:
         raise LatentmapError(f"extra tensor {clash[0]!r} has the same name as a prior tensor; use a prefix such as 'online.'")
-    reserved = {"format", "version", "prior", "extra_tensors"} & set(metadata)
+    reserved = {"format", "version", "prior", "extra_tensors", "prior_tensors_sha256"} & set(metadata)
     if reserved:
         raise LatentmapError(f"metadata key {sorted(reserved)[0]!r} is reserved for the checkpoint format")
     document = {
         "format": FORMAT,
         "version": VERSION,
         "prior": prior.config_dict(),
+        "prior_tensors_sha256": content_digest(tensors),  # a corrupted file is refused, not sampled from
         **metadata,
         "extra_tensors": sorted(extra),
     }
@@ -155,6 +157,9 @@ def load_prior(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     missing = sorted(expected - set(tensors))
     if missing:
         raise LatentmapError(f"{str(path)!r}: missing tensor {missing[0]!r}")
+    recorded = document.get("prior_tensors_sha256")
+    if recorded is not None and content_digest(tensors) != recorded:
+        raise LatentmapError(f"{str(path)!r} is corrupted: its tensors do not match the checksum it was saved with")
     prior.load_state_dict(tensors, strict=True)
     return prior.to(device).eval(), document
 

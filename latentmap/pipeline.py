@@ -9,6 +9,7 @@ other generator weights produces garbage silently, so a mismatch is refused unle
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field, fields
@@ -79,6 +80,8 @@ class Pipeline:
         """``base`` (default: :meth:`defaults`) with ``changes`` to the prior's sampling settings, validated."""
         base = base if base is not None else self.defaults()
         sampling = self.prior.sampling(base.sampling, where=where, **changes)
+        if truncation is not None and not math.isfinite(float(truncation)):
+            raise LatentmapError(f"{where}: truncation must be a finite number, got {truncation!r}")
         return SamplerSettings(sampling, base.truncation if truncation is None else float(truncation))
 
     def __call__(

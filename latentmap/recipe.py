@@ -202,7 +202,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     if not path.is_file():
         raise LatentmapError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path, "recipe"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -276,9 +276,19 @@ def resolve_prompts_file(value: str | Path, base_dir: Path) -> Path | None:
     return None
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file users give; one line naming the file if it is unreadable or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LatentmapError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise LatentmapError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def read_prompts(path: str | Path) -> list[str]:
     """Non-empty, stripped lines of a prompts file (lines starting with ``#`` are comments)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_text(Path(path), "prompts file").splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise LatentmapError(f"prompts file {path} holds no prompts")

@@ -32,7 +32,9 @@ from latentmap.training.ema import EMA
 from latentmap.training.loop import LoopSettings, Trainer, TrainResult
 from latentmap.training.metrics import MetricsLog
 from latentmap.training.optim import make_optimizer, resolve_precision
-from latentmap.training.state import latest_state, load_state
+from latentmap.atomic import remove_stale_temporaries
+from latentmap.training.run_folder import RunLock
+from latentmap.training.state import latest_state, load_latest_intact
 from latentmap.training.validation import (
     ValidationOptions, ValidationSet, condition_scale_mismatch, prepare_validation, validate,
 )
@@ -45,9 +47,14 @@ def train(recipe: Recipe, *, resume: bool = False, validation: bool = True, prog
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
     world = join_world(recipe.train.device)
+    lock = RunLock(recipe.train.out) if world.is_main else None  # one writer per run folder
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(recipe, world, resume=resume, validation=validation, progress=progress)
     finally:
+        if lock is not None:
+            lock.release()
         world.close()
 
 
@@ -85,7 +92,11 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
         state_info={"prior": prior.config_dict(), "recipe": recipe.to_dict(), "dataset": dataset_identity(manifest)},
     )
     if state_file is not None:
-        tensors, info = load_state(state_file)
+        if world.is_main:
+            remove_stale_temporaries(state_file.parent)  # half-written states of a killed run (we hold the lock)
+        state_file, tensors, info, skipped = load_latest_intact(state_file.parent)
+        for line in skipped:
+            print(f"warning: {line}", file=sys.stderr)
         _check_compatible(info, prior, dataset_identity(manifest), state_file)
         trainer.load_state(tensors, info)
         if world.is_main and progress:

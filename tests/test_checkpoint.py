@@ -118,3 +118,14 @@ def test_a_prior_whose_plugin_is_missing_is_named(tmp_path, prior):
     with pytest.raises(LatentmapError, match=r"holds a 'not-installed' prior, but no installed plugin registers "
                                              r"prior 'not-installed' \(installed priors: diffusion"):
         load_prior(tmp_path / "other.safetensors")
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path, prior):
+    """It once sampled with exit 0 and NaN scores."""
+    path = tmp_path / "ckpt.safetensors"
+    save_prior(path, prior, metadata={})
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(64)  # the last tensor's bytes zeroed
+    path.write_bytes(bytes(data))
+    with pytest.raises(LatentmapError, match=r"ckpt.safetensors' is corrupted: its tensors do not match"):
+        load_prior(path)

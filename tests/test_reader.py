@@ -173,3 +173,26 @@ def test_missing_or_unfinished_datasets_are_named(tmp_path, dataset):
     ds = ShardDataset(broken, batch_size=8, shuffle=False)
     with pytest.raises(LatentmapError, match="shard-00000.safetensors is missing"):
         next(ds.batches(0))
+
+
+def test_a_corrupted_shard_is_named_not_trained_on(dataset: Path, tmp_path: Path) -> None:
+    """A zeroed 4 KiB block once trained with exit 0: the manifest's SHA-256 is checked on first read."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    victim = copy / manifest["shards"][0]["file"]
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(min(4096, len(data) - middle))
+    victim.write_bytes(bytes(data))
+    ds = ShardDataset(copy, batch_size=8, seed=0, prefetch=False)
+    with pytest.raises(LatentmapError, match=rf"{victim.name} is corrupted: its SHA-256 differs from the one in manifest.json"):
+        for _ in ds.batches(0):
+            pass
+
+
+def test_a_batch_larger_than_the_dataset_is_said(dataset: Path) -> None:
+    with pytest.warns(UserWarning, match="larger than dataset"):
+        ShardDataset(dataset, batch_size=100_000, seed=0)

@@ -166,3 +166,14 @@ def test_the_recipe_reference_in_the_docs_is_generated_from_the_declarations() -
     assert replace_generated(text, reference_markdown()) == text, (
         "docs/recipes.md is out of date: run python -m latentmap.reference --write docs/recipes.md")
     assert "| `normalize_cond` | bool | `false` |" in text and "| `sampler` | str | `ddim` | one of ddim\\|ddpm" in text
+
+
+def test_files_that_are_not_utf8_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("generator: {name: shapes}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LatentmapError, match=r"recipe .*latin1.yaml is not UTF-8 text"):
+        load_recipe(bad)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("a caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LatentmapError, match=r"prompts file .*prompts.txt is not UTF-8 text"):
+        read_prompts(prompts)

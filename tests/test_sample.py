@@ -169,3 +169,9 @@ def test_a_string_is_one_prompt_everywhere(pipeline):
     assert generated.grid().size[0] >= 2 * 8
     with pytest.raises(LatentmapError, match="has no option 'stpes'"):
         pipeline("cyan", stpes=3)
+
+
+def test_non_finite_settings_are_refused(pipeline):
+    for flag in (["--guidance", "nan"], ["--truncation", "inf"]):
+        result = CliRunner().invoke(cli, ["sample", "--checkpoint", str(pipeline.checkpoint), "red", *flag])
+        assert result.exit_code == 2 and "finite number" in result.output, result.output

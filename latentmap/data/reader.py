@@ -15,6 +15,8 @@ dropped only when it has fewer samples than there are ranks, so no rank ever get
 
 from __future__ import annotations
 
+import warnings
+
 import bisect
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,6 +85,7 @@ class ShardDataset:
         self.device = torch.device(device)
         self.window_shards = window_shards
         self.prefetch = prefetch
+        self._verified: set[str] = set()  # shard files whose SHA-256 this process has checked
         self.train_samples = total - holdout
         if self.train_samples < world_size:
             raise LatentmapError(
@@ -101,8 +104,22 @@ class ShardDataset:
             if start < self.train_samples
         ]
         global_batch = batch_size * world_size
+        if global_batch > self.train_samples:
+            warnings.warn(
+                f"the batch ({global_batch} samples) is larger than dataset {self.root}'s {self.train_samples} "
+                "training samples: every step sees the whole dataset once; build more data or lower train.batch_size",
+                stacklevel=2,
+            )
         full, rest = divmod(self.train_samples, global_batch)
         self.batches_per_epoch = full + (1 if rest >= world_size else 0)
+
+    def _read(self, entry: dict) -> tuple[Tensor, Tensor]:
+        """One shard's tensors; its bytes are checked against the manifest's SHA-256 the first time it is read."""
+        file = entry["file"]
+        expected = entry.get("sha256") if file not in self._verified else None
+        tensors = read_shard(self.root / file, expected_count=int(entry["count"]), expected_sha256=expected)
+        self._verified.add(file)
+        return tensors
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -120,7 +137,7 @@ class ShardDataset:
         latents, embeddings = [], []
         for unit in units:
             entry = self.manifest.shards[unit.position]
-            shard_latents, shard_embeddings = read_shard(self.root / entry["file"], expected_count=int(entry["count"]))
+            shard_latents, shard_embeddings = self._read(entry)
             latents.append(shard_latents[: unit.rows])
             embeddings.append(shard_embeddings[: unit.rows])
         window = _Window(torch.cat(latents), torch.cat(embeddings))
@@ -198,7 +215,7 @@ class ShardDataset:
             start, stop = self._starts[position], self._starts[position + 1]
             if stop <= self.train_samples:
                 continue
-            shard_latents, shard_embeddings = read_shard(self.root / entry["file"], expected_count=int(entry["count"]))
+            shard_latents, shard_embeddings = self._read(entry)
             first = max(0, self.train_samples - start)
             latents.append(shard_latents[first:])
             embeddings.append(shard_embeddings[first:])

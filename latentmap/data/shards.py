@@ -147,11 +147,23 @@ def inspect_shard(path: Path, *, index: int, count: int, build_key: str) -> tupl
     return record, ""
 
 
-def read_shard(path: Path, *, expected_count: int | None = None) -> tuple[Tensor, Tensor]:
-    """(latents, embeddings) of a shard in its storage dtype; LatentmapError naming the file if unreadable."""
+def read_shard(
+    path: Path, *, expected_count: int | None = None, expected_sha256: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """(latents, embeddings) of a shard in its storage dtype; LatentmapError naming the file if unreadable.
+
+    With ``expected_sha256`` (the manifest's) the file's bytes are checked first: a corrupted shard is
+    named, never trained on.
+    """
     if not path.is_file():
         raise LatentmapError(f"shard file {path} is missing")
-    tensors, info = _parse(path.read_bytes(), path)
+    data = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise LatentmapError(
+            f"{path} is corrupted: its SHA-256 differs from the one in manifest.json; delete it and run "
+            "build-data again with the same settings to rebuild it"
+        )
+    tensors, info = _parse(data, path)
     latents, embeddings = tensors["latents"], tensors["embeddings"]
     if expected_count is not None and latents.shape[0] != expected_count:
         raise LatentmapError(f"{path} holds {latents.shape[0]} samples, the manifest says {expected_count}")

@@ -42,6 +42,25 @@ def latest_state(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_latest_intact(folder: Path) -> tuple[Path, dict[str, Tensor], dict[str, Any], list[str]]:
+    """The newest training state that reads back whole: (path, tensors, info, lines about newer broken ones).
+
+    A kill or a full disk can leave the newest state truncated; an older intact one is still a
+    valid place to resume from, so it is used and the broken ones are named.
+    """
+    found = sorted((p for p in folder.iterdir() if STATE_NAME.match(p.name)), reverse=True) if folder.is_dir() else []
+    skipped: list[str] = []
+    for path in found:
+        try:
+            tensors, info = load_state(path)
+        except LatentmapError as exc:
+            skipped.append(f"{path.name} is unreadable ({exc}); using an older state")
+            continue
+        return path, tensors, info, skipped
+    detail = f" ({'; '.join(skipped)})" if skipped else ""
+    raise LatentmapError(f"nothing to resume: {folder} holds no readable training state{detail}")
+
+
 def prune_states(folder: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` state files."""
     found = sorted(p for p in folder.iterdir() if STATE_NAME.match(p.name))
