@@ -165,3 +165,71 @@ def test_cli_error_names_the_file(tmp_path):
     result = CliRunner().invoke(cli, ["import-clip2latent", str(bad), "--out", str(tmp_path / "o.safetensors")])
     assert result.exit_code == 2
     assert "not_a_ckpt.ckpt" in result.output and "state_dict" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: a safe torch, no retry hint, the yaml's embedding scales.
+
+
+def test_pyproject_requires_a_torch_without_the_weights_only_bypass():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    torch_req = next(Requirement(dep) for dep in project["dependencies"] if Requirement(dep).name == "torch")
+    assert not torch_req.specifier.contains("2.5.1") and torch_req.specifier.contains("2.6.0")
+
+
+def test_an_older_torch_is_refused_in_one_line(monkeypatch):
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
+    with pytest.raises(LatentmapError, match=r"refusing to read clip2latent checkpoint .*torch 2\.5\.1.*CVE-2025-32434.*torch >= 2\.6"):
+        read_checkpoint(CKPT)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_refusal_says_latentmap_never_unpickles_code(tmp_path):
+    bad = tmp_path / "evil.ckpt"
+    bad.write_bytes(pickle.dumps({"state_dict": _Exploit()}))
+    result = CliRunner().invoke(cli, ["import-clip2latent", str(bad), "--out", str(tmp_path / "o.safetensors")])
+    assert result.exit_code == 2
+    message = result.output.strip().splitlines()[-1]
+    assert "evil.ckpt" in message and "never retries with weights_only=False" in message
+    assert "will likely succeed" not in result.output and "Re-running" not in result.output
+
+
+def test_corrupt_checkpoint_is_one_line_without_the_retry_hint(tmp_path):
+    bad = tmp_path / "junk.ckpt"
+    bad.write_bytes(bytes(100))
+    with pytest.raises(LatentmapError) as info:
+        read_checkpoint(bad)
+    assert "junk.ckpt" in str(info.value) and "\n" not in str(info.value)
+    assert "will likely succeed" not in str(info.value)
+
+
+def test_text_embed_scale_other_than_one_is_refused(tmp_path):
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("model:\n  diffusion:\n    text_embed_scale: 2.0\n")
+    with pytest.raises(LatentmapError, match=r"text_embed_scale is 2\.0; latentmap imports only models trained with 1\.0"):
+        import_clip2latent(CKPT, config=yaml_path)
+    yaml_path.write_text("model:\n  diffusion:\n    image_embed_scale: .nan\n")
+    with pytest.raises(LatentmapError, match=r"image_embed_scale is nan, expected a positive number"):
+        import_clip2latent(CKPT, config=yaml_path)
+
+
+def test_image_embed_scale_is_honoured(tmp_path, ckpt_state):
+    """clip2latent's network sees z-scored latents times image_embed_scale; so does the imported prior."""
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("model:\n  diffusion:\n    image_embed_scale: 4.0\n    text_embed_scale: 1.0\n")
+    prior, metadata, extra = import_clip2latent(CKPT, config=yaml_path)
+    mean = ckpt_state["ema_diffusion_prior.ema_model.latent_mean"].reshape(1, -1)
+    std = ckpt_state["ema_diffusion_prior.ema_model.latent_std"].reshape(1, -1)
+    latents = torch.randn(3, 1, mean.shape[-1], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(prior.normalize_latents(latents), (latents - mean) / std * 4.0, atol=1e-5)
+    online_std = ckpt_state["diffusion_prior.latent_std"].reshape(1, -1)
+    assert torch.allclose(extra["online.latent_std"], online_std / 4.0)
+    assert metadata["imported_from"]["image_embed_scale"] == 4.0
+    unscaled, _, _ = import_clip2latent(CKPT)
+    assert torch.equal(unscaled.latent_std, std)  # 1.0: the stored buffer, bit for bit

@@ -202,3 +202,66 @@ def test_unknown_constructor_kwarg_is_one_clear_line(tmp_path, marker):
     path = dump_nvidia_pickle(tmp_path / "arch.pkl", {"G_ema": record})
     with pytest.raises(LatentmapError, match=r"cannot build stylegan2 from its constructor kwargs .*pyramid"):
         load_network_pickle(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_every_pickle_protocol_loads_the_same_weights(tmp_path, marker, protocol):
+    from stylegan_pickles import MINI_SG2_KWARGS, mini_sg2_record
+    from latentmap_stylegan.stylegan2 import StyleGAN2Generator
+
+    torch.manual_seed(2)
+    expected = StyleGAN2Generator(**MINI_SG2_KWARGS).state_dict()
+    path = dump_nvidia_pickle(tmp_path / "mini.pkl", {"G_ema": mini_sg2_record(marker, seed=2)}, protocol=protocol)
+    loaded = load_network_pickle(path).network.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_tensor_records_read_after_the_file_is_closed(tmp_path):
+    """read_network_pickle returns records; large storages stay in the file and are read on use."""
+    from collections import OrderedDict
+
+    big = torch.randn(256, 256)  # 256 KiB: kept in the file, not in memory
+    path = tmp_path / "records.pkl"
+    path.write_bytes(pickle.dumps({"big": big, "small": torch.arange(6.0).reshape(2, 3).t(), "d": OrderedDict(a=1)}))
+    contents = read_network_pickle(path)
+    assert torch.equal(contents["big"].to_tensor(), big)
+    assert torch.equal(contents["small"].to_tensor(), torch.arange(6.0).reshape(2, 3).t())
+    assert contents["d"] == {"a": 1}
+
+
+def test_zip_serialised_storage_is_read(tmp_path):
+    """A storage saved in torch's zip format inside the pickle (``_load_from_bytes`` of zip bytes)."""
+    import io
+    from collections import OrderedDict
+
+    from stylegan_pickles import Call, nvidia_dumps
+
+    buffer = io.BytesIO()
+    torch.save(torch.arange(6, dtype=torch.float32)._typed_storage(), buffer)
+    assert buffer.getvalue()[:2] == b"PK"
+    storage = Call(torch.storage._load_from_bytes, buffer.getvalue())
+    tensor = Call(torch._utils._rebuild_tensor_v2, storage, 1, (2, 2), (2, 1), False, OrderedDict())
+    path = tmp_path / "zip.pkl"
+    path.write_bytes(nvidia_dumps({"x": tensor}))
+    assert read_network_pickle(path)["x"].to_tensor().tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_converted_file_with_kwargs_describing_a_huge_network_is_refused(tmp_path, sg2_pickle):
+    """The converted (safetensors) loader bounds the network by the stored tensors before allocating, too."""
+    import json as json_module
+
+    from safetensors.torch import load_file as load_safetensors, save_file
+    from latentmap_stylegan.converted import load_converted, save_converted
+
+    out = save_converted(load_network_pickle(sg2_pickle), tmp_path / "net.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    kwargs = json_module.loads(metadata["init_kwargs"])
+    kwargs.update(channel_base=1 << 22, channel_max=1 << 16, img_resolution=2048)
+    metadata["init_kwargs"] = json_module.dumps(kwargs)
+    save_file(load_safetensors(out), str(out), metadata=metadata)
+    with pytest.raises(LatentmapError, match=r"net\.safetensors: the constructor kwargs describe a network larger"):
+        load_converted(out)

@@ -3,7 +3,9 @@
 A clip2latent ``.ckpt`` is ``{"state_dict": DiffusionPriorTrainer.state_dict()}``: the online prior
 under ``diffusion_prior.``, the EMA wrapper's copies under ``ema_diffusion_prior.online_model.`` and
 ``ema_diffusion_prior.ema_model.`` (what clip2latent samples with). It holds only tensors, so it is
-read with ``torch.load(weights_only=True)``: nothing in the file can execute code.
+read with ``torch.load(weights_only=True)`` on a torch without that loader's published bypass
+(CVE-2025-32434, fixed in 2.6): nothing in the file can execute code, and a file holding anything
+else is refused, never retried with ``weights_only=False``.
 
 The key mapping is strict: every DALLE2 key must map onto exactly one of ours and every one of
 ours must be filled, or the import fails naming the key. The stored buffers (schedule tables,
@@ -13,6 +15,7 @@ model reproduces clip2latent's numbers rather than an idealised version of them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import LatentSpace, PriorShape
+from latentmap.prior import CLIP2LATENT_ENCODER, CLIP2LATENT_GENERATOR
 from latentmap.prior.diffusion import DiffusionOptions, DiffusionPrior
 from latentmap.prior.schedule import BUFFER_NAMES, make_betas
 from latentmap.spaces import w3_space, w_space
@@ -34,8 +38,8 @@ IGNORED_TOP_LEVEL = ("step", "ema_diffusion_prior.initted", "ema_diffusion_prior
 # Condition z-score buffers: registered by clip2latent but never used (fixtures README, quirk 1).
 UNUSED_PRIOR_KEYS = ("embed_mean", "embed_std")
 
-DEFAULT_GENERATOR = "stylegan2-ffhq"
-DEFAULT_ENCODER = "openclip:ViT-B-32/openai"
+DEFAULT_GENERATOR = CLIP2LATENT_GENERATOR
+DEFAULT_ENCODER = CLIP2LATENT_ENCODER
 # clip2latent's image embedder applied CLIP's mean/std normalisation twice (quirk 14).
 DOUBLE_NORM_PREPROCESS = "clip2latent-double-norm"
 
@@ -68,15 +72,44 @@ KEY_RULES: list[tuple[str, str]] = [
 _COMPILED_RULES = [(re.compile(pattern + r"\Z"), target) for pattern, target in KEY_RULES]
 
 
+# torch.load(weights_only=True) had a published bypass before torch 2.6 (CVE-2025-32434).
+SAFE_TORCH_LOAD = (2, 6)
+
+
+def require_safe_torch_load(what: str) -> None:
+    """Refuse, in one line, to unpickle an untrusted file with a torch whose ``weights_only`` can be bypassed."""
+    if torch.__version__ < SAFE_TORCH_LOAD:
+        raise LatentmapError(
+            f"refusing to read {what} with torch {torch.__version__}: its weights_only loader has a published "
+            f"bypass (CVE-2025-32434); install torch >= {'.'.join(map(str, SAFE_TORCH_LOAD))}"
+        )
+
+
+def _checkpoint_error(path: Path, exc: Exception) -> LatentmapError:
+    """One line for a checkpoint torch would not load, without torch's hint to retry unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.S)
+        found = f" ({detail.group(1).strip()})" if detail else ""
+        return LatentmapError(
+            f"refusing to load {str(path)!r}: it holds something other than tensors and plain containers{found}. "
+            "latentmap reads checkpoints with torch.load(weights_only=True) only and never retries with "
+            "weights_only=False: unpickling other objects can run code from the file"
+        )
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return LatentmapError(f"cannot read {str(path)!r} as a torch checkpoint (truncated or corrupt?): {first}")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """The trainer state dict of a clip2latent ``.ckpt``, loaded with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise LatentmapError(f"clip2latent checkpoint {str(path)!r} does not exist")
+    require_safe_torch_load(f"clip2latent checkpoint {str(path)!r}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused or file corrupt: say which file
-        raise LatentmapError(f"cannot read {str(path)!r} as a plain-tensor torch checkpoint: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # unpickling refused or file corrupt: say which file, never torch's retry hint
+        raise _checkpoint_error(path, exc) from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get("state_dict"), dict):
         raise LatentmapError(f"{str(path)!r} is not a clip2latent checkpoint (no 'state_dict' dict)")
     return loaded["state_dict"]
@@ -219,6 +252,29 @@ def read_clip2latent_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def embed_scale(clip2latent_config: dict[str, Any] | None) -> float:
+    """``model.diffusion.image_embed_scale`` of a clip2latent yaml (1.0 if absent); ``text_embed_scale`` must be 1.0.
+
+    clip2latent multiplies the z-scored latent by ``image_embed_scale`` before its network and divides
+    the sample by it: the same as a ``latent_std`` divided by the scale, which is how the importer
+    honours it. It multiplies the condition by ``text_embed_scale``, which no latentmap prior can
+    reproduce (the condition enters the transformer as it is), so another value is refused.
+    """
+    diffusion = ((clip2latent_config or {}).get("model") or {}).get("diffusion") or {}
+    scales = {}
+    for name in ("text_embed_scale", "image_embed_scale"):
+        value = diffusion.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise LatentmapError(f"clip2latent config: model.diffusion.{name} is {value!r}, expected a positive number")
+        scales[name] = float(value)
+    if scales["text_embed_scale"] != 1.0:
+        raise LatentmapError(
+            f"clip2latent config: model.diffusion.text_embed_scale is {scales['text_embed_scale']}; latentmap "
+            "imports only models trained with 1.0 (its priors feed the condition to the network unscaled)"
+        )
+    return scales["image_embed_scale"]
+
+
 def space_for(tokens: int, dim: int, latent_repeats: list[int] | None) -> LatentSpace:
     """The latent space a clip2latent model generates: w (one token) or w3 (three), from latent_repeats."""
     if latent_repeats is None:
@@ -253,11 +309,15 @@ def import_clip2latent(
     """
     state = read_checkpoint(checkpoint)
     clip2latent_config = read_clip2latent_yaml(config) if config is not None else None
+    image_embed_scale = embed_scale(clip2latent_config)
     selected = select_weights(state, weights)
     prior = prior_from_dalle2_state(selected, clip2latent_config)
     other = "online" if weights == "ema" else "ema"
     other_state = select_weights(state, other)
     other_converted = convert_state_dict(other_state, (prior.shape, prior.options))
+    if image_embed_scale != 1.0:  # clip2latent's network works on z-scored latents times the scale
+        prior.latent_std.div_(image_embed_scale)
+        other_converted["latent_std"] = other_converted["latent_std"] / image_embed_scale
     data_config = (clip2latent_config or {}).get("data", {})
     space = space_for(prior.shape.tokens, prior.shape.latent_dim, data_config.get("latent_repeats"))
     step = state.get("step")
@@ -279,9 +339,11 @@ def import_clip2latent(
             "weights": weights,
             "step": float(step.reshape(-1)[0]) if isinstance(step, Tensor) else None,
             "clip2latent_config": clip2latent_config,
+            "image_embed_scale": image_embed_scale,
             "notes": (
                 "conditions are raw (un-normalised) encoder embeddings; clip2latent's image conditions were "
-                "made from doubly CLIP-normalised pixels (encoder.image_conditions_preprocess); stored EMA buffers kept as is"
+                "made from doubly CLIP-normalised pixels (encoder.image_conditions_preprocess); stored EMA buffers kept as is "
+                "(latent_std divided by image_embed_scale when that is not 1)"
             ),
         },
     }

@@ -17,12 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from latentmap import LatentmapError, replace_atomically
-from latentmap_stylegan.pickle_loader import (
-    LoadedNetwork,
-    build_network,
-    load_tensors_strictly,
-    to_plain,
-)
+from latentmap_stylegan.pickle_loader import LoadedNetwork, build_network, fill_network, to_plain
 
 FORMAT = "latentmap-stylegan"
 FORMAT_VERSION = "1"
@@ -70,16 +65,21 @@ def load_converted(path: str | Path) -> LoadedNetwork:
     metadata = read_metadata(file)
     try:
         init_kwargs: dict[str, Any] = json.loads(metadata.get("init_kwargs", ""))
-    except json.JSONDecodeError as exc:
-        raise LatentmapError(f"{file}: metadata 'init_kwargs' is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a huge number, too deep
+        raise LatentmapError(f"{file}: metadata 'init_kwargs' is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(init_kwargs, dict):
         raise LatentmapError(f"{file}: metadata 'init_kwargs' must be a JSON object")
+    try:
+        init_kwargs = to_plain(init_kwargs)  # the same bounds as a pickle's kwargs (depth, size, 64-bit ints)
+    except LatentmapError as exc:
+        raise LatentmapError(f"{file}: {exc}") from None
     kind = metadata["class"]
-    network = build_network(kind, init_kwargs, str(file))
     with safe_open(str(file), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    load_tensors_strictly(network, tensors, str(file))
-    return LoadedNetwork(network=network.eval().requires_grad_(False), kind=kind, init_kwargs=init_kwargs,
+        # The kwargs are checked against the stored shapes before the network is allocated.
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        network = build_network(kind, init_kwargs, str(file), shapes)
+        network = fill_network(network, lambda name, target: target.copy_(handle.get_tensor(name)))
+    return LoadedNetwork(network=network, kind=kind, init_kwargs=init_kwargs,
                          extras={"source": metadata.get("source", ""), "network": metadata.get("network", "")})
 
 
