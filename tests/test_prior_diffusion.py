@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers_prior import assert_deterministic, condition_errors, loss_drop, train_on_linear_toy
+
 import latentmap
 from latentmap.errors import LatentmapError
 from latentmap.prior import DiffusionOptions, DiffusionPrior
@@ -17,55 +19,24 @@ TINY = dict(latent_dim=8, tokens=2, cond_dim=6, dim=32, depth=2, heads=2, dim_he
 @pytest.fixture(scope="module")
 def trained():
     """A tiny prior trained for 300 steps on latents that are a fixed linear function of the condition."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    mapping = torch.randn(6, 16)
-
-    def batch(n, g):
-        cond = torch.randn(n, 6, generator=g)
-        return (cond @ mapping).reshape(n, 2, 8) * 2 + 3, cond
-
-    prior = DiffusionPrior.create(**TINY)
-    g = torch.Generator().manual_seed(1)
-    latents, _ = batch(4096, g)
-    prior.set_latent_stats(latents.mean(0), latents.std(0))
-    opt = torch.optim.Adam(prior.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(300):
-        latents, cond = batch(64, g)
-        loss = prior.loss(latents, cond, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return prior.eval(), batch, losses
+    return train_on_linear_toy(lambda: DiffusionPrior.create(**TINY), 300)
 
 
 def test_training_loss_goes_down(trained):
-    _, _, losses = trained
-    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    first, last = loss_drop(trained[2])
     assert last < 0.35 * first, (first, last)
 
 
 @pytest.mark.parametrize("options", [dict(steps=20), dict(steps=20, sampler="ddim"), dict(steps=10, guidance=2.0)])
 def test_samples_follow_the_condition(trained, options):
     prior, batch, _ = trained
-    latents, cond = batch(256, torch.Generator().manual_seed(9))
-    samples = prior.sample(cond, prior.sampling(**options), generator=torch.Generator().manual_seed(2))
-    assert samples.shape == (256, 2, 8)
-    matched = ((samples - latents) ** 2).mean()
-    shuffled = ((samples - latents[torch.randperm(256)]) ** 2).mean()
-    assert matched < 0.15 * shuffled, (matched.item(), shuffled.item())
+    matched, shuffled = condition_errors(prior, batch, prior.sampling(**options))
+    assert matched < 0.15 * shuffled, (matched, shuffled)
 
 
 def test_sampling_is_deterministic_given_a_generator(trained):
     prior, batch, _ = trained
-    _, cond = batch(8, torch.Generator().manual_seed(3))
-    a = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(5))
-    b = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(5))
-    c = prior.sample(cond, prior.sampling(steps=7, guidance=1.5), generator=torch.Generator().manual_seed(6))
-    assert torch.equal(a, b)
-    assert (a - c).abs().max() > 1e-3
+    assert_deterministic(prior, batch, prior.sampling(steps=7, guidance=1.5))
 
 
 def test_guidance_is_one_batched_pass_equal_to_two_passes(trained):
@@ -197,7 +168,7 @@ def test_bad_input_errors_are_clear():
         prior.sample(torch.randn(2, 6), prior.sampling(steps=0))
     with pytest.raises(LatentmapError, match="divide the model's 100 timesteps, got 7"):
         prior.sample(torch.randn(2, 6), prior.sampling(steps=7, sampler="clip2latent"))
-    with pytest.raises(LatentmapError, match="sampler' must be one of ddim, ddpm, clip2latent; got 'euler'"):
+    with pytest.raises(LatentmapError, match="sampler' must be one of ddim, ddpm, clip2latent, dpmpp_2m, heun; got 'euler'"):
         prior.sample(torch.randn(2, 6), prior.sampling(sampler="euler"))
     with pytest.raises(LatentmapError, match="prior 'diffusion' has no option 'width' \\(did you mean 'depth'\\?\\)"):
         DiffusionPrior.create(**TINY, width=3)

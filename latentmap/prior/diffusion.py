@@ -49,7 +49,7 @@ class DiffusionSampling:
     """How the diffusion prior samples: a recipe's ``validation.sampling`` / ``sample.sampling``, ``--steps`` etc."""
 
     steps: int | None = option(25, min=1, help="denoising steps, the schedule evenly respaced (none: every timestep)")
-    sampler: str = option("ddim", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
+    sampler: str = option("dpmpp_2m", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
     guidance: float = option(1.0, help="classifier-free guidance scale (1: conditional prediction only)")
     eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
 
