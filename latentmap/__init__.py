@@ -5,12 +5,14 @@ The public API returns ready objects by name; plugins provide the names.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentmap.errors import LatentmapError, UnknownNameError
 from latentmap.hookspecs import hookimpl
-from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior, PriorShape
-from latentmap.plugins import list_plugins, register_module
+
+if TYPE_CHECKING:
+    from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior, PriorShape
+    from latentmap.plugins import list_plugins, register_module
 
 __version__ = "0.1.0"
 
@@ -19,14 +21,22 @@ __all__ = [
     "get_encoder", "get_generator", "get_prior", "get_space", "hookimpl", "list_plugins", "register_module",
     "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
     # the plugin API: what a plugin needs besides the contracts (docs/plugins.md, "Helpers for plugins")
-    "option", "build_options", "registered_names", "resolve_weights", "sha256_file", "downloads_disabled",
+    "option", "build_options", "registered_names", "resolve_weights", "sha256_file", "downloads_disabled", "fetch_hub_file",
     "write_atomic", "replace_atomically", "identity_differences", "PriorNetwork",
 ]
 
-# Heavier entry points, imported on first use so ``import latentmap`` stays light. The task modules
+# Everything else is imported on first use, so ``import latentmap`` (and ``latentmap --help``) never
+# imports torch: the contracts, the plugin registry and the heavier entry points. The task modules
 # themselves are the rest of the API: ``latentmap.sample``, ``latentmap.edit``, ``latentmap.optimize``,
 # ``latentmap.evaluate``, ``latentmap.train`` (e.g. ``latentmap.sample.sample(pipeline, ["a red circle"])``).
 _LAZY = {
+    "Encoder": "latentmap.interfaces",
+    "Generator": "latentmap.interfaces",
+    "LatentSpace": "latentmap.interfaces",
+    "Prior": "latentmap.interfaces",
+    "PriorShape": "latentmap.interfaces",
+    "list_plugins": "latentmap.plugins",
+    "register_module": "latentmap.plugins",
     "load_pipeline": "latentmap.pipeline",
     "load_prior": "latentmap.checkpoint",
     "save_prior": "latentmap.checkpoint",
@@ -37,6 +47,7 @@ _LAZY = {
     "resolve_weights": "latentmap.weights",
     "sha256_file": "latentmap.weights",
     "downloads_disabled": "latentmap.weights",
+    "fetch_hub_file": "latentmap.hub",
     "write_atomic": "latentmap.atomic",
     "replace_atomically": "latentmap.atomic",
     "identity_differences": "latentmap.identity:differences",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass
@@ -157,7 +158,7 @@ def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         return Path(value)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union or type(None) in args:  # optional (or a union): the first type that takes it
+    if origin in (typing.Union, types.UnionType) or type(None) in args:  # a union: the first type that takes it
         if value is None and type(None) in args:
             return None
         errors = []
@@ -165,8 +166,11 @@ def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             try:
                 return coerce(value, arg, key, where)
             except LatentmapError as exc:
-                errors.append(exc)
-        raise errors[0]
+                errors.append((arg, exc))
+        # the error of the member the value looks like (a list for list[str]), else the first member's
+        fitting = [exc for arg, exc in errors if isinstance(typing.get_origin(arg) or arg, type)
+                   and isinstance(value, typing.get_origin(arg) or arg)]
+        raise (fitting or [exc for _, exc in errors])[0]
     if origin is dict:
         if value is None:
             return {}
@@ -228,6 +232,12 @@ class OptionInfo:
     default: Any
     help: str
     limits: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``latentmap list --json``): ``default`` is None where the option is ``required``."""
+        required = self.default is MISSING
+        return {"name": self.name, "type": self.type, "default": None if required else self.default,
+                "required": required, "help": self.help, "limits": self.limits}
 
     def line(self) -> str:
         """``name (type, default X; limits): help``."""
@@ -299,6 +309,11 @@ def parse_pairs(pairs: Iterable[str] | None, *, flag: str = "--option") -> dict[
             raise LatentmapError(f"bad {flag} {pair!r}: expected KEY=VALUE")
         options[key.strip()] = parse_value(value)
     return options
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``0 images``: a count with its noun, for messages."""
+    return f"{count:,} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 def suggest(name: str, known: Iterable[str], *, prefix: str = "", quote: bool = True) -> str:

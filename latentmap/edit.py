@@ -27,6 +27,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from latentmap.atomic import replace_atomically
+from latentmap.config import plural
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Generator, LatentSpace
 
@@ -209,11 +210,13 @@ def discover_direction(
     seed: int = 0,
     settings: "SamplerSettings | None" = None,
     labels: tuple[str, str] | None = None,
+    progress: bool = False,
 ) -> Direction:
     """An edit direction from two prompts (or two sets of image embeddings, (N, D) tensors).
 
     Samples ``samples`` latents for each side with the prior, from the *same* noise (the same seed):
     the shared randomness cancels in the difference, so fewer samples give a steadier direction.
+    ``progress`` shows the denoising steps of each side on stderr.
     """
     if samples < 1:
         raise LatentmapError(f"--samples must be at least 1, got {samples}")
@@ -226,8 +229,8 @@ def discover_direction(
             cond = pipeline.embed_prompts([side])
         else:
             cond = side.to(pipeline.device).float()
-        sides.append(pipeline.sample_latents(_repeat_rows(cond, samples), settings, seed=seed))
-    names = labels or tuple(s if isinstance(s, str) else f"{s.shape[0]} images" for s in (positive, negative))
+        sides.append(pipeline.sample_latents(_repeat_rows(cond, samples), settings, seed=seed, progress=progress))
+    names = labels or tuple(s if isinstance(s, str) else plural(s.shape[0], "image") for s in (positive, negative))
     info = {"positive": names[0], "negative": names[1], "samples": samples, "seed": seed,
             "settings": settings.to_dict(), "checkpoint": pipeline.checkpoint}
     return direction_from_latents(sides[0], sides[1], generator=pipeline.generator, info=info)
@@ -351,16 +354,19 @@ def render_edits(
     strengths: list[float],
     *,
     layers: list[int] | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """Images (B, S, 3, H, W) on the CPU: each latent (B, layers, dim) edited at each strength.
 
     The direction is checked against the generator first (a direction for another generator or
-    space is refused, naming which).
+    space is refused, naming which). ``progress`` shows a bar (one tick per latent) on stderr.
     """
+    from tqdm.auto import tqdm
+
     direction.check(generator)
     edited = apply_direction(per_layer, direction.per_layer(generator.space), strengths, layers=layers)
     strips = []
     with torch.no_grad():
-        for b in range(per_layer.shape[0]):
+        for b in tqdm(range(per_layer.shape[0]), desc="edit", unit="latent", disable=not progress, leave=False):
             strips.append(generator.synthesize(edited[:, b].to(generator.device)).float().cpu())
     return torch.stack(strips)

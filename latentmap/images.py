@@ -16,11 +16,15 @@ from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from latentmap.config import plural
 from latentmap.errors import LatentmapError
 
-__all__ = ["contact_sheet", "load_image", "load_images", "save_png", "tensor_to_pil"]
+__all__ = ["contact_sheet", "image_files", "load_image", "load_images", "save_png", "tensor_to_pil"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Summaries latentmap writes next to real images (sample's per-prompt sheet, build-data's contact sheet,
+# train's metrics plot): a folder given as image prompts skips them; naming such a file still uses it.
+SUMMARY_IMAGES = ("sheet.png", "contact-sheet.png", "metrics.png")
 CAPTION_PAD = 4
 
 
@@ -61,20 +65,28 @@ def load_image(path: str | os.PathLike | Image.Image, *, size: int | None = None
     return rearrange(array, "h w c -> c h w").float() / 127.5 - 1.0
 
 
-def load_images(paths: Sequence[str | os.PathLike], *, size: int = 224) -> Tensor:
-    """Image files (or folders of them) -> (N, 3, size, size) in [-1, 1], in sorted order per folder."""
+def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files that ``paths`` (files or folders) name: a file as given; a folder's images in sorted
+    order, without latentmap's summaries (:data:`SUMMARY_IMAGES`, e.g. a sample folder's ``sheet.png``)."""
     files: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in entry.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.name.lower() not in SUMMARY_IMAGES)
             if not found:
-                raise LatentmapError(f"folder {str(entry)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise LatentmapError(f"folder {str(entry)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}; "
+                                     f"summaries such as {SUMMARY_IMAGES[0]} are not image prompts)")
             files.extend(found)
         else:
             files.append(entry)
     if not files:
         raise LatentmapError("no image files given")
-    return torch.stack([load_image(f, size=size) for f in files])
+    return files
+
+
+def load_images(paths: Sequence[str | os.PathLike], *, size: int = 224) -> Tensor:
+    """Image files (or folders of them, see :func:`image_files`) -> (N, 3, size, size) in [-1, 1]."""
+    return torch.stack([load_image(f, size=size) for f in image_files(paths)])
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -99,17 +111,22 @@ def contact_sheet(
 ) -> Image.Image:
     """Tile images (N, 3, H, W) in a grid, each with an optional caption below, and a title on top.
 
-    ``cell`` resizes every tile to that many pixels square (small generators render tiny images that
-    would leave no room for a caption); by default tiles keep their size but are at least 128 px.
+    Every image is fitted, aspect ratio kept, in a square cell of ``cell`` pixels (small generators
+    render tiny images that would leave no room for a caption) and centred on white: a wide landscape
+    gets white bands above and below, never a squash. By default the cell is the image's longer side,
+    at least 128 px.
     """
     if images.ndim != 4 or images.shape[0] == 0:
         raise LatentmapError(f"contact sheet needs images of shape (N, 3, H, W) with N > 0, got {tuple(images.shape)}")
     count = images.shape[0]
     if captions is not None and len(captions) != count:
-        raise LatentmapError(f"contact sheet has {count} images but {len(captions)} captions")
+        raise LatentmapError(f"contact sheet has {plural(count, 'image')} but {plural(len(captions), 'caption')}")
     columns = columns or min(count, 8)
     rows = -(-count // columns)
-    side = cell or max(128, int(images.shape[-1]))
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    side = cell or max(128, height, width)
+    scale = side / max(height, width)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
     font_px = max(10, side // 12)
     font = _font(font_px)
     caption_h = font_px + 2 * CAPTION_PAD if captions is not None else 0
@@ -122,9 +139,9 @@ def contact_sheet(
         row, col = divmod(index, columns)
         x, y = col * side, title_h + row * (side + caption_h)
         tile = tensor_to_pil(images[index])
-        if tile.size != (side, side):
-            tile = tile.resize((side, side), Image.Resampling.NEAREST if tile.width < side else Image.Resampling.BICUBIC)
-        sheet.paste(tile, (x, y))
+        if tile.size != fitted:
+            tile = tile.resize(fitted, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
+        sheet.paste(tile, (x + (side - fitted[0]) // 2, y + (side - fitted[1]) // 2))
         if captions is not None:
             draw.text((x + CAPTION_PAD, y + side + CAPTION_PAD), captions[index], fill="black", font=font)
     return sheet

@@ -289,15 +289,3 @@ class Prior(torch.nn.Module, ABC):
         """Registered name, shape and options, JSON-ready: what a checkpoint needs to rebuild the prior."""
         return {"name": getattr(self, "registry_name", self.name), "shape": self.shape.to_dict(),
                 "options": options_dict(self.options)}
-
-
-@dataclass
-class Registration:
-    """One named thing a plugin registered: a factory and how to describe it."""
-
-    name: str
-    factory: Any
-    plugin: str
-    description: str = ""
-    options: type | None = None  # the dataclass declaring the factory's options (None: it takes none)
-    sampling: type | None = None  # priors: the dataclass of their sampling settings

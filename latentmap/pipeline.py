@@ -10,8 +10,11 @@ other generator weights produces garbage silently, so a mismatch is refused unle
 from __future__ import annotations
 
 import math
+import inspect
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -30,7 +33,7 @@ from latentmap.recipe import MOVED_SAMPLING_KEYS
 if TYPE_CHECKING:
     from latentmap.sample import Generation
 
-__all__ = ["Pipeline", "SamplerSettings", "load_pipeline"]
+__all__ = ["Pipeline", "SamplerSettings", "interpolate_conditions", "load_pipeline"]
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -134,6 +137,28 @@ class Pipeline:
         rendered = render_edits(self.generator, per_layer, direction, [float(s) for s in strengths])
         return [[tensor_to_pil(image) for image in row] for row in rendered]
 
+    def interpolate(self, a: str, b: str, *, frames: int = 8, seed: int = 0, **settings: Any) -> list[Any]:
+        """Pillow images of ``frames`` steps from prompt ``a`` to prompt ``b``, all from the same noise.
+
+        The conditions move along the great circle between the two raw embeddings while their length
+        moves linearly (:func:`interpolate_conditions`); the first and last images are what sampling
+        ``a`` and ``b`` alone with ``seed`` gives. Keywords are sampling settings, as for ``pipe(...)``.
+        """
+        from latentmap.images import tensor_to_pil
+
+        chosen = self.settings(**settings) if settings else self.defaults()
+        latents = self.interpolation_latents(a, b, frames=frames, seed=seed, settings=chosen)
+        return [tensor_to_pil(image) for image in self.render(latents)]
+
+    def interpolation_latents(self, a: str, b: str, *, frames: int = 8, seed: int = 0,
+                              settings: SamplerSettings | None = None) -> Tensor:
+        """Latents (frames, tokens, dim) from prompt ``a`` to ``b``: one prior call, the same noise for every frame."""
+        if frames < 2:
+            raise LatentmapError(f"an interpolation needs at least 2 frames, got {frames}")
+        ends = self.embed_prompts([a, b])
+        cond = interpolate_conditions(ends[0], ends[1], frames)
+        return self.sample_latents(cond, settings or self.defaults(), seed=seed, shared_noise=True)
+
     def embed_prompts(self, prompts: str | Sequence[str]) -> Tensor:
         """Prior conditions for text prompts: raw text embeddings (N, D), as clip2latent feeds them."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -147,16 +172,35 @@ class Pipeline:
         with torch.no_grad():
             return self.encoder.embed_image(images.to(self.encoder.device)).float().to(self.device)
 
-    def sample_latents(self, cond: Tensor, settings: SamplerSettings, *, seed: int) -> Tensor:
+    def sample_latents(self, cond: Tensor, settings: SamplerSettings, *, seed: int, shared_noise: bool = False,
+                       progress: bool = False) -> Tensor:
         """One batched prior call: latents (N, tokens, dim) for conditions (N, D), deterministic in ``seed``.
 
         The noise comes from a CPU ``torch.Generator`` so a seed gives the same draws on any device.
+        With ``shared_noise`` every row gets the noise a one-row call with ``seed`` gets (interpolation).
+        ``progress`` shows a bar of the denoising steps on stderr, for priors whose ``sample`` takes a ``callback``.
         """
         rng = torch.Generator().manual_seed(int(seed))
-        latents = self.prior.sample(cond.to(self.device), settings.sampling, generator=rng)
+        if shared_noise:
+            latents = self._sample_shared_noise(cond.to(self.device), settings.sampling, rng, seed)
+        else:
+            with denoising_progress(self.prior, enabled=progress) as extra:
+                latents = self.prior.sample(cond.to(self.device), settings.sampling, generator=rng, **extra)
         if settings.truncation == 1.0:
             return latents
         return truncate(latents, self.prior.latent_mean, settings.truncation)
+
+    def _sample_shared_noise(self, cond: Tensor, sampling: Any, rng: torch.Generator, seed: int) -> Tensor:
+        """Every row sampled from the same noise: one batched call for the diffusion prior (its ``noise``
+        hook repeats one row's draws), one call per row with the same seed for other priors."""
+        from latentmap.prior.diffusion import DiffusionPrior
+        from latentmap.prior.samplers import RandomNoise
+
+        if isinstance(self.prior, DiffusionPrior):
+            draws = RandomNoise(rng, self.device)
+            return self.prior.sample(cond, sampling, noise=lambda shape: draws((1, *shape[1:])).expand(shape).clone())
+        rows = [self.prior.sample(row[None], sampling, generator=torch.Generator().manual_seed(int(seed))) for row in cond]
+        return torch.cat(rows)
 
     def render(self, latents: Tensor, *, batch_size: int = 16, to_cpu: bool = True) -> Tensor:
         """Images (N, 3, H, W) in [-1, 1] for latents (N, tokens|layers, dim), in chunks.
@@ -171,6 +215,31 @@ class Pipeline:
                 images = self.generator.synthesize(chunk).float()
                 chunks.append(images.cpu() if to_cpu else images)
         return torch.cat(chunks)
+
+
+def interpolate_conditions(a: Tensor, b: Tensor, frames: int) -> Tensor:
+    """``frames`` conditions (frames, D) from ``a`` to ``b`` (raw embeddings, (D,) each), ends included exactly.
+
+    The direction moves along the great circle from ``a``'s to ``b``'s at constant angular speed
+    (spherical interpolation) and the length moves linearly from ``|a|`` to ``|b|``. Encoders compare
+    embeddings by direction, so equal angle steps are equal steps in meaning; and a straight line
+    between two embeddings passes through vectors shorter than real ones (about 30% shorter midway
+    for embeddings 90 degrees apart), conditions unlike any the prior was trained on, while here every
+    condition keeps the norm profile of real ones. Embeddings with no length or pointing in opposite directions (no unique great
+    circle) are interpolated linearly, as are (nearly) parallel ones, where both ways agree.
+    """
+    t = torch.linspace(0.0, 1.0, frames, dtype=torch.float64, device=a.device)[:, None]
+    start, end = a.double(), b.double()
+    cond = (1 - t) * start + t * end  # degenerate cases: no length, or (anti)parallel directions
+    if float(start.norm()) > 0.0 and float(end.norm()) > 0.0:
+        u, v = start / start.norm(), end / end.norm()
+        angle = torch.arccos((u @ v).clamp(-1.0, 1.0))
+        if float(torch.sin(angle)) > 1e-6:
+            directions = (torch.sin((1 - t) * angle) * u + torch.sin(t * angle) * v) / torch.sin(angle)
+            cond = directions * ((1 - t) * start.norm() + t * end.norm())
+    cond = cond.to(a.dtype)
+    cond[0], cond[-1] = a, b
+    return cond
 
 
 def _identity_of(metadata: dict[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -190,17 +259,19 @@ def load_pipeline(
 ) -> Pipeline:
     """Rebuild prior, encoder and generator from a prior checkpoint, on ``device``.
 
+    ``checkpoint`` is a path or a Hub file, ``hf:owner/repo/file.safetensors[@revision]`` (see latentmap.hub).
+
     ``generator_options``/``encoder_options`` are merged over the recorded ones (e.g. a local weights
     path). With ``check_identity`` a rebuilt object whose identity (weights checksum, resolution,
     embedding size ...) differs from the recorded one is refused; without it the difference is a warning.
     """
     import latentmap
     from latentmap.checkpoint import load_prior
+    from latentmap.hub import resolve_checkpoint
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise LatentmapError(f"checkpoint {str(path)!r} does not exist")
-    source = repr(str(path))
+    path = resolve_checkpoint(checkpoint)  # a local file, or hf:owner/repo/file.safetensors[@revision] via the Hub cache
+    given = os.fspath(checkpoint)
+    source = repr(given)
     prior, metadata = load_prior(path, device="cpu")
     gen_id = _identity_of(metadata, "generator", source)
     enc_id = _identity_of(metadata, "encoder", source)
@@ -231,7 +302,7 @@ def load_pipeline(
     generator = generator.to(target)
     encoder = encoder.to(target)
     return Pipeline(prior=prior, encoder=encoder, generator=generator, metadata=metadata,
-                    checkpoint=str(path), device=target)
+                    checkpoint=given if given.startswith("hf:") else str(path), device=target)
 
 
 def _image_prompts(image: Any) -> tuple[Tensor, list[str]]:
@@ -265,3 +336,17 @@ def _adopt_space(generator: Generator, space: LatentSpace, source: str) -> None:
             f"generator {generator.name!r} has {current.layers} layers of {current.dim}"
         )
     generator.space = space
+
+
+@contextmanager
+def denoising_progress(prior: Prior, *, enabled: bool) -> Iterator[dict[str, Any]]:
+    """Keywords for ``prior.sample``: a ``callback`` advancing a "denoise" bar on stderr, one tick per
+    sampler step; none when disabled or when the prior's ``sample`` takes no ``callback`` (the Prior
+    contract does not require one)."""
+    if not enabled or "callback" not in inspect.signature(prior.sample).parameters:
+        yield {}
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc="denoise", unit="step", leave=False) as bar:
+        yield {"callback": lambda _state: bar.update(1)}

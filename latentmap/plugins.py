@@ -28,7 +28,6 @@ import pluggy
 from latentmap import hookspecs
 from latentmap.config import build_options, identity_options, no_options, recorded_options
 from latentmap.errors import LatentmapError, UnknownNameError
-from latentmap.interfaces import Registration
 
 ENTRY_POINT_GROUP = "latentmap"
 LOAD_ENV = "LATENTMAP_LOAD_PLUGINS"
@@ -45,6 +44,18 @@ SINGULAR = {"generators": "generator", "encoders": "encoder", "priors": "prior",
 # The core's own components: registered first and always, whatever LATENTMAP_LOAD_PLUGINS says
 # (that variable restricts only the optional, entry-point plugins).
 CORE_PLUGINS = {"latentmap.spaces": "spaces", "latentmap.prior.plugin": "diffusion"}  # module -> plugin name
+
+
+@dataclass
+class Registration:
+    """One named thing a plugin registered: a factory and how to describe it."""
+
+    name: str
+    factory: Any
+    plugin: str
+    description: str = ""
+    options: type | None = None  # the dataclass declaring the factory's options (None: it takes none)
+    sampling: type | None = None  # priors: the dataclass of their sampling settings
 
 
 @dataclass

@@ -123,8 +123,9 @@ class TrainSection:
 class ValidationSection:
     """Checkpoint selection by CLIP score, on text prompts and on held-out image embeddings."""
 
-    prompts: Path = option(PACKAGED_PROMPTS / "face-val.txt", path="file",
-                           help="text prompts scored at each validation (relative, or a packaged list)")
+    prompts: Path | list[str] = option(PACKAGED_PROMPTS / "face-val.txt", path="file",
+                                       help="text prompts scored at each validation: a file (relative, or a packaged "
+                                            "list) or a list of prompts")
     samples_per_prompt: int = option(4, min=1, help="samples per prompt")
     every: int = option(5000, min=1, help="steps between validations (and always at the last step)")
     image_conditions: int = option(64, min=0, help="held-out dataset samples (never trained on) used as image conditions")
@@ -286,8 +287,14 @@ def read_text(path: Path, what: str) -> str:
         raise LatentmapError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a prompts file (lines starting with ``#`` are comments)."""
+def read_prompts(path: str | Path | list[str]) -> list[str]:
+    """Non-empty, stripped lines of a prompts file (lines starting with ``#`` are comments); given a list
+    (``validation.prompts: [a red circle, a blue star]``), its non-empty prompts."""
+    if isinstance(path, (list, tuple)):
+        prompts = [str(prompt).strip() for prompt in path if str(prompt).strip()]
+        if not prompts:
+            raise LatentmapError("an empty list of prompts: give at least one")
+        return prompts
     lines = read_text(Path(path), "prompts file").splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:

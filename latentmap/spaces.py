@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from latentmap.config import option
 from latentmap.errors import LatentmapError
-from latentmap.interfaces import LatentSpace
+
+if TYPE_CHECKING:
+    from latentmap.interfaces import LatentSpace
+
+
+def _space(name: str, dim: int, repeats: tuple[int, ...]) -> LatentSpace:
+    from latentmap.interfaces import LatentSpace  # here: the plugin loads (for the CLI) without torch
+
+    return LatentSpace(name, dim, repeats)
 
 
 def w_space(layers: int, dim: int) -> LatentSpace:
     """One latent repeated over every layer (the paper's default)."""
-    return LatentSpace("w", dim, (layers,))
+    return _space("w", dim, (layers,))
 
 
 def w3_split(layers: int) -> tuple[int, int, int]:
@@ -48,12 +57,12 @@ def w3_space(layers: int, dim: int, split: Sequence[int] | W3Options | None = No
         raise LatentmapError(
             f"space 'w3' split {list(repeats)} must be three positive layer counts summing to {layers}"
         )
-    return LatentSpace("w3", dim, repeats)
+    return _space("w3", dim, repeats)
 
 
 def w_plus_space(layers: int, dim: int) -> LatentSpace:
     """One latent per layer."""
-    return LatentSpace("w+", dim, (1,) * layers)
+    return _space("w+", dim, (1,) * layers)
 
 
 BUILTIN_SPACES = {

@@ -266,7 +266,7 @@ def test_cli_defaults_and_dtype_choices_are_the_recipe_data_sections(tmp_path, m
     built = build(tmp_path / "small", 10)
     result = run_cli("--generator", "tiny-test", "--samples", "5", "--out", str(tmp_path / "d"))
     assert result.exit_code == 0, result.output
-    assert "10 samples in 1 shards" in result.output  # the summary of what build_data returned
+    assert "10 samples in 1 shard," in result.output  # the summary of what build_data returned (one shard: singular)
     [arguments] = given
     assert arguments.pop("data") == DataSection(samples=5, dir=tmp_path / "d")  # all else the recipe's defaults
     assert arguments == {"generator": "tiny-test", "encoder": EncoderSection().name, "generator_options": {},

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from latentmap.config import plural
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 COMMON = ["--generator", "tiny-test", "--encoder", "tiny-test", "--space", "w3", "--dtype", "float16", "-q"]
@@ -76,7 +78,7 @@ def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_build(tmp
     assert 1 <= complete_before < 10
 
     output = finish(build_data(*sizes, "--out", str(out)))
-    assert f"reused {complete_before} complete shards" in output
+    assert f"reused {plural(complete_before, 'complete shard')}" in output
     assert not list(out.glob(".*tmp-*"))  # temporaries of the killed process were cleaned up
     assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
     assert manifest_content(out) == manifest_content(tmp_path / "reference")

@@ -229,3 +229,24 @@ def test_direction_for_other_weights_of_the_same_generator_is_refused(pipeline, 
 
     with pytest.raises(LatentmapError, match=r"smile.safetensors was made for other 'colour-test' weights"):
         direction.check(Weighted(space="w3"))
+
+
+def test_cli_directions_json_and_quiet_edit(pipeline, tmp_path):
+    import json
+
+    direction = tmp_path / "red.safetensors"
+    result = CliRunner().invoke(cli, ["directions", "--checkpoint", pipeline.checkpoint, "red", "blue", "--samples", "8",
+                                      "--steps", "3", "--out", str(direction), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["file"] == str(direction) and direction.is_file()
+    assert (document["positive"], document["negative"], document["samples"]) == ("red", "blue", 8)
+    assert document["norm"] == pytest.approx(float(load_direction(direction).vector.norm()), rel=1e-6)
+    assert document["space"]["name"] == "w3" and document["generator"]["name"] == "colour-test"
+    assert "denoise" in result.stderr
+    edited = CliRunner().invoke(cli, ["edit", "--checkpoint", pipeline.checkpoint, "red", "--direction", str(direction),
+                                      "--candidates", "2", "--steps", "3", "--out", str(tmp_path / "e")])
+    assert edited.exit_code == 0 and "edit" in edited.stderr  # one tick per edited latent
+    quiet = CliRunner().invoke(cli, ["edit", "--checkpoint", pipeline.checkpoint, "red", "--direction", str(direction),
+                                     "--candidates", "2", "--steps", "3", "--out", str(tmp_path / "q"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

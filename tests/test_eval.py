@@ -119,3 +119,21 @@ def test_cli_eval_bad_input(pipeline, tmp_path):
     save_file({"weight": torch.zeros(2)}, str(not_prior))
     result = runner.invoke(cli, ["eval", "--checkpoint", str(not_prior), "--prompts-file", "face-val.txt"])
     assert result.exit_code == 2 and "model.safetensors" in result.output and "Traceback" not in result.output
+
+
+def test_cli_eval_json_is_the_report(pipeline, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red\nblue\n")
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", pipeline.checkpoint, "--prompts-file", str(prompts),
+                                      "--candidates", "2", "--steps", "3", "--report", str(report), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document == json.loads(report.read_text())
+    assert document["prompts"] == 2 and document["candidates"] == 2 and document["settings"]["steps"] == 3
+    assert document["clip_score_reranked"] >= document["clip_score"] > 0
+    assert [p["prompt"] for p in document["per_prompt"]] == ["A photograph of red", "A photograph of blue"]
+    assert "eval" in result.stderr  # the progress bar, on stderr
+    quiet = CliRunner().invoke(cli, ["eval", "--checkpoint", pipeline.checkpoint, "--prompts-file", str(prompts),
+                                     "--candidates", "2", "--steps", "3", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and "CLIP score (best of 2)" in quiet.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -172,6 +173,28 @@ def test_matches_open_clip_preprocess_of_the_saved_png(tiny, tmp_path, height, w
     assert F.cosine_similarity(ours, reference).item() >= 0.999
 
 
+@pytest.mark.parametrize("size", [64, 256])
+def test_noisy_pictures_differ_by_a_few_steps_yet_embed_alike(tmp_path, size):
+    """docs/encoders.md: noisy 64 and 256 px pictures resized to 224 differ from PIL by 4-8 eight-bit steps at a
+    few pixels (PIL rounds between its two passes); smooth ones by about one; the embeddings agree regardless."""
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["vision_cfg"].update(image_size=224, patch_size=32)
+    (tmp_path / "tiny224.json").write_text(json.dumps(config))
+    encoder = latentmap.get_encoder(f"openclip:{tmp_path / 'tiny224.json'}", device="cpu")
+    transform = image_transform_v2(PreprocessCfg(**encoder._loaded.preprocess_cfg), is_train=False)
+    step = 1 / 255 / min(encoder._loaded.preprocess_cfg["std"])  # one 8-bit step, in normalised units
+    noise = 0.2 * torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for image, worst in ((_picture(size, size), 1.6), ((_picture(size, size) + noise).clamp(-1, 1), 9.0)):
+        quantised = _save_png(image, tmp_path / "picture.png")
+        reference = transform(Image.open(tmp_path / "picture.png")).unsqueeze(0)
+        difference = (encoder.preprocess_images(quantised) - reference).abs() / step
+        assert difference.max() < worst and difference.mean() < 0.5
+        with torch.no_grad():
+            cosine = F.cosine_similarity(encoder.embed_image(quantised), encoder.model.encode_image(reference)).item()
+        assert cosine > 1 - 1e-5
+    assert difference.max() > 3  # noisy: more than the one step smooth pictures stay within
+
+
 def test_antialiasing_is_what_makes_the_match(tiny, tmp_path):
     """Without anti-aliasing, a 1024 -> 32 downscale would not match open_clip's PIL resize: the check can fail."""
     image = _picture(1024, 1024) + 0.3 * torch.sign(torch.sin(torch.arange(1024.0) * 1.3)).view(1, 1, 1, -1)
@@ -317,8 +340,15 @@ def test_unknown_architecture_lists_close_matches():
         OpenClipEncoder("ViT-B-32")
 
 
+@pytest.fixture
+def no_clip_cache(monkeypatch, tmp_path):
+    """A home without OpenAI's clip cache (so a real ~/.cache/clip on the test machine changes nothing)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+
 @pytest.mark.parametrize("var", ["LATENTMAP_OFFLINE", "HF_HUB_OFFLINE"])
-def test_offline_and_absent_says_which_model_and_how(var, monkeypatch, tmp_path):
+def test_offline_and_absent_says_which_model_and_how(var, monkeypatch, tmp_path, no_clip_cache):
     monkeypatch.setenv(var, "1")
     with pytest.raises(LatentmapError) as info:
         latentmap.get_encoder("openclip:ViT-B-32/openai", cache_dir=str(tmp_path / "hf"))
@@ -329,31 +359,147 @@ def test_offline_and_absent_says_which_model_and_how(var, monkeypatch, tmp_path)
     assert "openclip:ViT-B-32@/path/to/weights.safetensors" in message
 
 
-def test_tag_resolution_through_the_hub(monkeypatch, tmp_path):
-    """Tags map to open_clip's Hub files, safetensors first; offline means cache-only."""
+def _not_on_the_hub(url):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    return RemoteEntryNotFoundError(f"Entry not found: {url}", response=SimpleNamespace(headers={}, status_code=404, request=None))
+
+
+def test_tag_resolution_through_the_hub(monkeypatch, tmp_path, no_clip_cache):
+    """Tags map to open_clip's Hub files, safetensors first: the cache, else one probe per name, then the download."""
     import huggingface_hub
 
     from latentmap_openclip.loading import pretrained_file
 
-    calls = []
-    cached = tmp_path / "open_clip_pytorch_model.bin"
-    cached.write_bytes(b"weights")
+    calls, probes = [], []
+    downloaded = tmp_path / "open_clip_pytorch_model.bin"
+    downloaded.write_bytes(b"weights")
 
-    def fake_download(repo_id, filename, *, cache_dir=None, local_files_only=False):
+    def fake_download(repo_id, filename, *, local_files_only=False, **kwargs):
         calls.append((repo_id, filename, local_files_only))
-        if filename.endswith(".safetensors"):
-            raise FileNotFoundError("no safetensors copy")
-        return str(cached)
+        if local_files_only:
+            raise FileNotFoundError("not in the cache")
+        return str(downloaded)
+
+    def fake_probe(url, **kwargs):
+        probes.append(url.rsplit("/", 1)[-1])
+        if url.endswith(".safetensors"):
+            raise _not_on_the_hub(url)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", fake_probe)
     cfg = open_clip.pretrained.get_pretrained_cfg("ViT-B-32", "openai")
-    assert pretrained_file("ViT-B-32", "openai", cfg) == cached
-    assert calls == [("timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors", False),
-                     ("timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin", False)]
+    assert pretrained_file("ViT-B-32", "openai", cfg, cache_dir=str(tmp_path / "hf")) == downloaded
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    assert calls == [(repo, "open_clip_model.safetensors", True), (repo, "open_clip_pytorch_model.bin", True),
+                     (repo, "open_clip_pytorch_model.bin", False)]
+    assert probes == ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     monkeypatch.setenv("LATENTMAP_OFFLINE", "1")
     calls.clear()
-    pretrained_file("ViT-B-32", "openai", cfg)
+    with pytest.raises(LatentmapError, match="downloads are disabled"):
+        pretrained_file("ViT-B-32", "openai", cfg, cache_dir=str(tmp_path / "hf"))
     assert all(local_only for _, _, local_only in calls)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_hub_fails_at_the_first_connection_error_in_one_line(monkeypatch, tmp_path, no_clip_cache,
+                                                                            capfd):
+    """No network and no HF_HUB_OFFLINE: one HEAD request, then one line naming file, URL, cache and the way out."""
+    import huggingface_hub
+
+    port = _closed_port()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    probes = []
+    real_probe = huggingface_hub.get_hf_file_metadata
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: probes.append(url) or real_probe(url, **kw))
+    with pytest.raises(LatentmapError) as info:
+        latentmap.get_encoder("openclip:ViT-B-32/openai", cache_dir=str(tmp_path / "hf"))
+    message = str(info.value)
+    assert "\n" not in message
+    for part in ("ViT-B-32/openai", "open_clip_model.safetensors", str(tmp_path / "hf"), "cannot be reached",
+                 f"http://127.0.0.1:{port}/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors",
+                 "openclip:ViT-B-32@/path/to/weights.safetensors", "weights= option",
+                 str(tmp_path / "home" / ".cache" / "clip"), "ViT-B-32.pt"):
+        assert part in message, part
+    assert len(probes) == 1  # not one per file name, no retries
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # no third-party log lines
+
+
+# ------------------------------------------------------------------------------ OpenAI's own files
+
+
+@pytest.fixture
+def openai_style_tag(monkeypatch, tiny, tmp_path):
+    """A tiny architecture with an ``openai`` tag whose file is a TorchScript archive, as OpenAI's CLIP files are."""
+    import hashlib
+    import warnings
+
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "latentmap-test-tiny", json.loads(json.dumps(TINY_CONFIG)))
+    archive = tmp_path / "latentmap-test-tiny.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, and still how OpenAI's files are made
+        reference = open_clip.CLIP(**TINY_CONFIG)
+        reference.load_state_dict(tiny.model.state_dict())
+        torch.jit.save(torch.jit.script(reference.half().eval()), str(archive))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    url = f"https://openaipublic.azureedge.net/clip/models/{digest}/latentmap-test-tiny.pt"
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "latentmap-test-tiny",
+                        {"openai": {"url": url, "hf_hub": "timm/latentmap-test-tiny.openai/", "quick_gelu": False}})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    return archive
+
+
+@pytest.mark.parametrize("where", ["home", "xdg"])
+def test_openai_tags_use_the_clip_package_cache(openai_style_tag, tiny, tmp_path, monkeypatch, where):
+    folder = tmp_path / "home" / ".cache" / "clip"
+    if where == "xdg":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        folder = tmp_path / "xdg" / "clip"
+    folder.mkdir(parents=True)
+    shutil.copyfile(openai_style_tag, folder / openai_style_tag.name)
+    encoder = latentmap.get_encoder("openclip:latentmap-test-tiny/openai", device="cpu")
+    assert encoder.identity()["weights_file"] == "latentmap-test-tiny.pt"
+    loaded = encoder.model.state_dict()
+    assert loaded.keys() == tiny.model.state_dict().keys()
+    for name, value in tiny.model.state_dict().items():  # the archive holds float16 weights, as OpenAI's do
+        assert loaded[name].dtype == torch.float32 and torch.equal(loaded[name], value.half().float()), name
+    assert encoder.embed_text(PROMPTS).shape == (len(PROMPTS), 16)
+
+
+def test_a_clip_cache_file_with_the_wrong_checksum_is_named(openai_style_tag, tmp_path):
+    folder = tmp_path / "home" / ".cache" / "clip"
+    folder.mkdir(parents=True)
+    (folder / openai_style_tag.name).write_bytes(openai_style_tag.read_bytes()[:1000])
+    with pytest.raises(LatentmapError, match=r"latentmap-test-tiny\.pt \(OpenAI's CLIP file.*has SHA-256"):
+        latentmap.get_encoder("openclip:latentmap-test-tiny/openai", device="cpu")
+
+
+def test_a_torchscript_archive_that_would_run_code_is_refused(tiny_dir, tmp_path):
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(_Payload(marker), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(LatentmapError, match=r"evil\.pt.*never runs code from a checkpoint"):
+        OpenClipEncoder(f"{tiny_dir / 'tiny.json'}@{evil}")
+    assert not marker.exists()
 
 
 def test_spec_parsing():
@@ -411,7 +557,7 @@ def test_hf_hub_spec_uses_config_and_weights_from_the_cache(monkeypatch, tiny, t
     files["open_clip_config.json"].write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {"resize_mode": "squash"}}))
     requested = []
 
-    def fake_download(repo_id, filename, *, cache_dir=None, local_files_only=False):
+    def fake_download(repo_id, filename, **kwargs):
         requested.append((repo_id, filename))
         return str(files[filename])
 

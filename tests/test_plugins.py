@@ -199,8 +199,28 @@ def test_list_options_prints_each_components_own_declaration() -> None:
     assert priors.exit_code == 0, priors.output
     assert "depth (int, default 12, >= 1): transformer layers" in priors.output
     assert "sampling settings:" in priors.output
-    assert "sampler (str, default 'ddim', one of ddim|ddpm|clip2latent)" in priors.output
+    assert "sampler (str, default 'dpmpp_2m', one of ddim|ddpm|clip2latent|dpmpp_2m|heun)" in priors.output
     spaces = CliRunner().invoke(cli, ["list", "spaces", "--options"])
     assert "split (list[int] | None, default None)" in spaces.output
     plain = CliRunner().invoke(cli, ["list", "priors"])
     assert "diffusion" in plain.output and "sampling settings" not in plain.output
+
+
+def test_list_json_gives_each_components_declaration() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from latentmap.cli import cli
+
+    result = CliRunner().invoke(cli, ["list", "priors", "--json"])
+    assert result.exit_code == 0, result.output
+    priors = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    diffusion = priors["diffusion"]
+    assert diffusion["plugin"] == "diffusion" and "diffusion prior" in diffusion["description"]
+    depth = next(option for option in diffusion["options"] if option["name"] == "depth")
+    assert (depth["type"], depth["default"], depth["required"]) == ("int", 12, False)
+    sampler = next(setting for setting in diffusion["sampling"] if setting["name"] == "sampler")
+    assert sampler["default"] == "dpmpp_2m" and "ddpm" in sampler["limits"]
+    spaces = json.loads(CliRunner().invoke(cli, ["list", "spaces", "--json"]).stdout)
+    assert {"w", "w3", "w+"} <= {entry["name"] for entry in spaces} and spaces[0]["sampling"] is None

@@ -165,7 +165,7 @@ def test_the_recipe_reference_in_the_docs_is_generated_from_the_declarations() -
     text = docs.read_text()
     assert replace_generated(text, reference_markdown()) == text, (
         "docs/recipes.md is out of date: run python -m latentmap.reference --write docs/recipes.md")
-    assert "| `normalize_cond` | bool | `false` |" in text and "| `sampler` | str | `ddim` | one of ddim\\|ddpm" in text
+    assert "| `normalize_cond` | bool | `false` |" in text and "| `sampler` | str | `dpmpp_2m` | one of ddim\\|ddpm" in text
 
 
 def test_files_that_are_not_utf8_are_one_line(tmp_path: Path) -> None:
@@ -177,3 +177,18 @@ def test_files_that_are_not_utf8_are_one_line(tmp_path: Path) -> None:
     prompts.write_bytes("a caf\xe9\n".encode("latin-1"))
     with pytest.raises(LatentmapError, match=r"prompts file .*prompts.txt is not UTF-8 text"):
         read_prompts(prompts)
+
+
+def test_validation_prompts_take_a_list_as_well_as_a_file(tmp_path: Path) -> None:
+    listed = load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: [a red circle, '  ', a blue star]}\n"))
+    assert read_prompts(listed.validation.prompts) == ["a red circle", "a blue star"]
+    assert recipe_from_dict(json.loads(json.dumps(listed.to_dict()))) == listed
+    (tmp_path / "mine.txt").write_text("a green square\n")
+    filed = load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: mine.txt}\n"))
+    assert filed.validation.prompts == tmp_path / "mine.txt" and read_prompts(filed.validation.prompts) == ["a green square"]
+    overridden = load_recipe(write(tmp_path, MINIMAL), ["validation.prompts=[a yellow star]"])
+    assert read_prompts(overridden.validation.prompts) == ["a yellow star"]
+    with pytest.raises(LatentmapError, match=r"validation\.prompts\[1\] must be a non-empty string, got 3"):
+        load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: [a red circle, 3]}\n"))
+    with pytest.raises(LatentmapError, match="empty list of prompts"):
+        read_prompts(load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: []}\n")).validation.prompts)

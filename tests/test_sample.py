@@ -175,3 +175,38 @@ def test_non_finite_settings_are_refused(pipeline):
     for flag in (["--guidance", "nan"], ["--truncation", "inf"]):
         result = CliRunner().invoke(cli, ["sample", "--checkpoint", str(pipeline.checkpoint), "red", *flag])
         assert result.exit_code == 2 and "finite number" in result.output, result.output
+
+
+# -- scripting: --json, --quiet, progress on stderr ------------------------------------------------
+def test_cli_sample_json_is_all_of_stdout_and_progress_goes_to_stderr(pipeline, tmp_path):
+    out = tmp_path / "out"
+    args = ["sample", "--checkpoint", pipeline.checkpoint, "red", "--candidates", "2", "--keep", "1", "--steps", "3"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["out"] == str(out) and document["images"] == 1 and document["checkpoint"] == pipeline.checkpoint
+    assert document["prompts"][0]["label"] == "red" and document["prompts"][0]["scores"][0] > 0.5
+    (line,) = document["samples"]
+    assert line["prompt"] == "red" and line["rank"] == 0 and (out / line["image"]).is_file()
+    assert line["settings"]["steps"] == 3
+    assert "denoise" in result.stderr and "render + score" in result.stderr  # the prior's steps, then rendering
+    quiet = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "quiet"), "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and "wrote 1 image to" in quiet.stdout  # one image, not "1 images"
+
+
+def test_cli_sample_image_folder_skips_contact_sheets(pipeline, tmp_path):
+    first = sample(pipeline, ["green"], candidates=2, keep=2, settings=pipeline.settings(steps=3), progress=False)
+    write_samples(first, tmp_path / "previous")
+    folder = tmp_path / "previous" / "000-green"
+    assert (folder / "sheet.png").is_file()
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", pipeline.checkpoint, "--image", str(folder),
+                                      "--candidates", "2", "--keep", "1", "--steps", "3", "--quiet", "--json",
+                                      "--out", str(tmp_path / "variations")])
+    assert result.exit_code == 0, result.output
+    assert [p["label"] for p in json.loads(result.stdout)["prompts"]] == ["rank-0.png", "rank-1.png"]
+    # named explicitly, a sheet is still an image prompt
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", pipeline.checkpoint, "--image", str(folder / "sheet.png"),
+                                      "--candidates", "2", "--keep", "1", "--steps", "3", "--quiet", "--json",
+                                      "--out", str(tmp_path / "sheet")])
+    assert [p["label"] for p in json.loads(result.stdout)["prompts"]] == ["sheet.png"]

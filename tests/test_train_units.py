@@ -133,6 +133,26 @@ def test_metrics_resume_drops_lines_of_the_interrupted_run(tmp_path: Path) -> No
     assert resumed.plot().stat().st_size > 1000
 
 
+def test_metrics_plot_legends_hide_no_point(tmp_path: Path) -> None:
+    """The legend once sat in a corner of the axes, over the newest point when the curve ended there."""
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step, loss in ((10, 0.5), (20, 0.2), (30, 0.1), (40, 0.9)):  # ends high: the upper right corner
+        log.log(step, {"loss": loss, "val/loss": loss})
+    for step, score in ((10, 0.3), (20, 0.6), (30, 0.7), (40, 0.05)):  # ends low: the lower right corner
+        log.log(step, {"val/text_clip": score, "val/image_clip": score + 0.01})
+    figure = log.figure()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        box = legend.get_window_extent(renderer).padded(2)
+        for line in ax.get_lines():
+            xs, ys = line.get_data()
+            for x, y in ax.transData.transform(list(zip(xs, ys))):
+                assert not box.contains(x, y), f"{line.get_label()} point under the legend of {ax.get_title()!r}"
+    assert log.plot().stat().st_size > 1000
+
+
 def test_condition_scale_mismatch_names_the_recipe_key():
     from latentmap.training.validation import ValidationSet, condition_scale_mismatch
 

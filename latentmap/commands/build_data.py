@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from latentmap.commands.pipeline_options import quiet_option
 from latentmap.config import parse_pairs
 from latentmap.errors import LatentmapError
 from latentmap.recipe import DataSection, EncoderSection, load_recipe
@@ -86,7 +87,7 @@ def print_build_summary(summary: BuildSummary) -> None:
 @click.option("--encoder-option", "-E", "encoder_options", multiple=True, metavar="KEY=VALUE",
               help="Option for the encoder; repeatable.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (data.samples=1000).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(
     recipe: str | None,
     overrides: tuple[str, ...],

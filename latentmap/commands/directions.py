@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
-from latentmap.commands.pipeline_options import build_pipeline, checkpoint_options, sampler_options, settings_from
+from latentmap.commands.pipeline_options import (
+    build_pipeline, checkpoint_options, echo_json, json_option, quiet_option, sampler_options, settings_from,
+)
 from latentmap.errors import LatentmapError
 
 
@@ -22,13 +24,17 @@ from latentmap.errors import LatentmapError
 @sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Direction file (.safetensors).")
+@quiet_option
+@json_option
 def command(positive: str | None, negative: str | None, positive_images: tuple[str, ...],
-            negative_images: tuple[str, ...], samples: int, seed: int, out: str, **kwargs: Any) -> None:
+            negative_images: tuple[str, ...], samples: int, seed: int, out: str, quiet: bool, as_json: bool,
+            **kwargs: Any) -> None:
     """Direction = mean latent for POSITIVE minus mean latent for NEGATIVE (paper, Appendix F).
 
     \b
     latentmap directions --checkpoint best.safetensors "a smiling person" "a person with a neutral face" --out smile.safetensors
     """
+    from latentmap.config import plural
     from latentmap.edit import discover_direction, save_direction
     from latentmap.images import load_images
 
@@ -47,7 +53,11 @@ def command(positive: str | None, negative: str | None, positive_images: tuple[s
     labels = tuple(side if isinstance(side, str) else ", ".join(group)
                    for side, group in zip(sides, (positive_images, negative_images)))
     direction = discover_direction(pipeline, conds[0], conds[1], samples=samples, seed=seed, settings=settings,
-                                   labels=labels)
+                                   labels=labels, progress=not quiet)
     path = save_direction(out, direction)
     norm = float(direction.vector.norm())
-    click.echo(f"direction {labels[0]!r} - {labels[1]!r}: norm {norm:.4f} over {samples} samples each -> {path}")
+    if as_json:
+        echo_json({**direction.info, "file": str(path), "norm": norm, "shape": list(direction.vector.shape),
+                   "generator": direction.generator, "space": direction.space})
+        return
+    click.echo(f"direction {labels[0]!r} - {labels[1]!r}: norm {norm:.4f} over {plural(samples, 'sample')} each -> {path}")

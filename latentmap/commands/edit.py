@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from latentmap.commands.pipeline_options import build_pipeline, checkpoint_options, sampler_options, settings_from
+from latentmap.commands.pipeline_options import (
+    build_pipeline,
+    checkpoint_options,
+    quiet_option,
+    sampler_options,
+    settings_from,
+)
 from latentmap.errors import LatentmapError
 
 
@@ -28,9 +34,10 @@ from latentmap.errors import LatentmapError
 @sampler_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="edits", show_default=True, help="Output folder.")
+@quiet_option
 def command(prompt: str | None, generator_name: str | None, latents_file: str | None, index: int | None,
             directions: tuple[str, ...], strengths: str, layers: str | None, candidates: int, seed: int, out: str,
-            **kwargs: Any) -> None:
+            quiet: bool, **kwargs: Any) -> None:
     """Apply edit directions at several strengths to PROMPT's best sample or to saved --latents.
 
     \b
@@ -67,7 +74,7 @@ def command(prompt: str | None, generator_name: str | None, latents_file: str | 
     if prompt:
         settings = settings_from(pipeline, kwargs)
         result = sample(pipeline, [prompt], candidates=candidates, keep=1, settings=settings, seed=seed,
-                        keep_images=False)
+                        keep_images=False, progress=not quiet)
         per_layer, labels = result.per_layer[0], [prompt]
     else:
         per_layer = load_latents(latents_file, generator.space, index=index)
@@ -77,7 +84,7 @@ def command(prompt: str | None, generator_name: str | None, latents_file: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     log = []
     for number, direction in enumerate(loaded):
-        images = render_edits(generator, per_layer, direction, values, layers=chosen)  # (B, S, 3, H, W)
+        images = render_edits(generator, per_layer, direction, values, layers=chosen, progress=not quiet)  # (B, S, 3, H, W)
         name = Path(direction.info["file"]).stem
         folder = out_dir / f"{number:02d}-{slugify(name)}"
         for b in range(images.shape[0]):

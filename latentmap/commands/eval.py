@@ -8,7 +8,10 @@ from typing import Any
 
 import click
 
-from latentmap.commands.pipeline_options import build_pipeline, checkpoint_options, gather_prompts, sampler_options, settings_from
+from latentmap.commands.pipeline_options import (
+    build_pipeline, checkpoint_options, echo_json, gather_prompts, json_option, quiet_option, sampler_options,
+    settings_from,
+)
 from latentmap.errors import LatentmapError
 
 
@@ -24,8 +27,10 @@ from latentmap.errors import LatentmapError
               help="Prompts sampled together (1 = the paper's timing, no batching across prompts).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images rendered and scored at once.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@quiet_option
+@json_option
 def command(prompts_file: str, prefix: str, candidates: int, seed: int, prompts_per_batch: int, batch_size: int,
-            report: str | None, **kwargs: Any) -> None:
+            report: str | None, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Mean CLIP score with and without re-ranking, and seconds per prompt (paper, Table 1)."""
     from latentmap.evaluate import evaluate, format_report
 
@@ -35,11 +40,15 @@ def command(prompts_file: str, prefix: str, candidates: int, seed: int, prompts_
     pipeline = build_pipeline(kwargs)
     settings = settings_from(pipeline, kwargs)
     result = evaluate(pipeline, prompts, prefix=prefix or None, candidates=candidates, settings=settings, seed=seed,
-                      prompts_per_batch=prompts_per_batch, batch_size=batch_size)
+                      prompts_per_batch=prompts_per_batch, batch_size=batch_size, progress=not quiet)
     result["prompts_file"] = prompts_file
-    click.echo(format_report(result))
     if report:
         path = Path(report)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        click.echo(f"report: {path}")
+    if as_json:  # the report itself (what --report writes)
+        echo_json(result)
+        return
+    click.echo(format_report(result))
+    if report:
+        click.echo(f"report: {report}")

@@ -10,6 +10,7 @@ from latentmap.commands.pipeline_options import (
     build_pipeline,
     checkpoint_options,
     gather_prompts,
+    quiet_option,
     sampler_options,
     settings_from,
 )
@@ -34,9 +35,10 @@ from latentmap.errors import LatentmapError
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per forward/backward pass.")
 @click.option("--out", type=click.Path(file_okay=False), default="optimized", show_default=True, help="Output folder.")
+@quiet_option
 def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: str | None,
             encoder_name: str | None, init: str, opt_steps: int, lr: float, per_layer: bool, init_noise: float,
-            candidates: int, keep: int, seed: int, batch_size: int, out: str, **kwargs: Any) -> None:
+            candidates: int, keep: int, seed: int, batch_size: int, out: str, quiet: bool, **kwargs: Any) -> None:
     """Optimise latents so the rendered image's CLIP score for each prompt is as high as possible.
 
     \b
@@ -45,7 +47,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     """
     import latentmap
     from latentmap.optimize import OptimizeSettings, optimize
-    from latentmap.config import parse_pairs
+    from latentmap.config import parse_pairs, plural
     from latentmap.options import resolve_device
     from latentmap.sample import write_samples
 
@@ -71,10 +73,10 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     sampler = settings_from(pipeline, kwargs)
     settings = OptimizeSettings(steps=opt_steps, lr=lr, init=init, per_layer=per_layer, init_noise=init_noise)
     result = optimize(generator, encoder, texts, settings=settings, candidates=candidates, keep=keep, seed=seed,
-                      pipeline=pipeline, sampler=sampler, batch_size=batch_size)
+                      pipeline=pipeline, sampler=sampler, batch_size=batch_size, progress=not quiet)
     jsonl = write_samples(result, out, info={"checkpoint": pipeline.checkpoint if pipeline else None,
                                              "generator": generator.identity()["name"],
                                              "encoder": encoder.identity()["name"]})
     for label, scores in zip(result.labels, result.scores.tolist()):
         click.echo(f"{label}: best score {scores[0]:.4f}")
-    click.echo(f"wrote {len(texts) * keep} images to {out} ({jsonl.name}) in {result.seconds:.1f}s")
+    click.echo(f"wrote {plural(len(texts) * keep, 'image')} to {out} ({jsonl.name}) in {result.seconds:.1f}s")

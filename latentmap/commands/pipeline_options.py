@@ -2,22 +2,36 @@
 
 Not a command module itself (``latentmap.cli`` only loads the modules it lists): click decorators
 for checkpoint/device/override options and sampler settings, and the helpers that turn them into a
-:class:`~latentmap.pipeline.Pipeline`, sampler settings and a prompt list.
+:class:`~latentmap.pipeline.Pipeline`, sampler settings and a prompt list; also ``--quiet`` and
+``--json``, which every command that has them spells the same way.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from latentmap.errors import LatentmapError
 from latentmap.config import parse_pairs
-from latentmap.pipeline import Pipeline, SamplerSettings, load_pipeline
+
+if TYPE_CHECKING:  # the pipeline (and torch) only once a command runs: listing commands stays light
+    from latentmap.pipeline import Pipeline, SamplerSettings
 
 F = Callable[..., Any]
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (results still print).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document on stdout instead of text (progress and warnings: stderr).")
+
+
+def echo_json(document: Any) -> None:
+    """The one JSON document a ``--json`` command prints on stdout."""
+    click.echo(json.dumps(document, indent=2))
 
 
 def checkpoint_options(required: bool = True) -> Callable[[F], F]:
@@ -74,6 +88,8 @@ def sampler_options(func: F | None = None, *, steps_flag: str = "--steps") -> An
 
 def build_pipeline(kwargs: dict[str, Any]) -> Pipeline:
     """A pipeline from the values of :func:`checkpoint_options` (popped from ``kwargs``)."""
+    from latentmap.pipeline import load_pipeline
+
     return load_pipeline(
         kwargs.pop("checkpoint"),
         device=kwargs.pop("device"),

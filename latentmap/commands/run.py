@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 
+from latentmap.commands.pipeline_options import quiet_option
+
 
 @click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set train.steps=500 (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def command(recipe: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Build the dataset, train the prior and sample the recipe's prompts (RECIPE is a YAML file).
 

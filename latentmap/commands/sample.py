@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from typing import Any
 
 import click
@@ -10,7 +10,10 @@ import click
 from latentmap.commands.pipeline_options import (
     build_pipeline,
     checkpoint_options,
+    echo_json,
     gather_prompts,
+    json_option,
+    quiet_option,
     sampler_options,
     settings_from,
 )
@@ -31,16 +34,22 @@ from latentmap.errors import LatentmapError
 @click.option("--mix-seed", type=int, default=None, help="Seed of the random latents for --mix-layers [--seed].")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images rendered and scored at once.")
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True, help="Output folder.")
+@quiet_option
+@json_option
 def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tuple[str, ...],
             candidates: int | None, keep: int | None, seed: int, mix_layers: str | None, mix_seed: int | None,
-            batch_size: int, out: str, **kwargs: Any) -> None:
+            batch_size: int, out: str, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Sample images for PROMPTS with a trained prior, keep the best by CLIP score.
 
     \b
     latentmap sample --checkpoint best.safetensors "a smiling woman with glasses" --candidates 16 --keep 4
     latentmap sample --checkpoint best.safetensors --image face.png --out variations/
+
+    A folder given to --image contributes its images except latentmap's own summaries (sheet.png,
+    contact-sheet.png, metrics.png), so a previous sample folder can be given as it is.
     """
-    from latentmap.images import load_images
+    from latentmap.config import plural
+    from latentmap.images import image_files, load_images
     from latentmap.recipe import SampleSection
     from latentmap.sample import sample, write_samples
 
@@ -57,24 +66,22 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     keep = keep if keep is not None else min(int(recipe_sample.get("keep", defaults.keep)), candidates)
     images = labels = None
     if image_paths:
-        images = load_images(image_paths)
-        labels = _image_labels(image_paths)
+        files = image_files(image_paths)
+        images, labels = load_images(files), [file.name for file in files]
     result = sample(pipeline, texts or None, images=images, image_labels=labels, candidates=candidates, keep=keep,
-                    settings=settings, seed=seed, mix_layers=mix_layers, mix_seed=mix_seed, batch_size=batch_size)
+                    settings=settings, seed=seed, mix_layers=mix_layers, mix_seed=mix_seed, batch_size=batch_size,
+                    progress=not quiet)
     jsonl = write_samples(result, out, info={"checkpoint": pipeline.checkpoint})
+    count = result.latents.shape[0] * result.latents.shape[1]
+    if as_json:
+        echo_json({
+            "checkpoint": pipeline.checkpoint, "out": str(out), "samples_file": str(jsonl), "images": count,
+            "seconds": round(result.seconds, 3),
+            "prompts": [{"label": label, "kind": result.kind, "scores": [round(s, 6) for s in scores]}
+                        for label, scores in zip(result.labels, result.scores.tolist())],
+            "samples": [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()],
+        })
+        return
     for label, scores in zip(result.labels, result.scores.tolist()):
         click.echo(f"{label}: best score {scores[0]:.4f}")
-    click.echo(f"wrote {result.latents.shape[0] * result.latents.shape[1]} images to {out} ({jsonl.name}) "
-               f"in {result.seconds:.1f}s")
-
-
-def _image_labels(paths: tuple[str, ...]) -> list[str]:
-    from latentmap.images import IMAGE_SUFFIXES
-
-    labels = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            labels += [p.name for p in sorted(entry.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            labels.append(entry.name)
-    return labels
+    click.echo(f"wrote {plural(count, 'image')} to {out} ({jsonl.name}) in {result.seconds:.1f}s")

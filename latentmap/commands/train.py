@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from latentmap.commands.pipeline_options import quiet_option
+
 if TYPE_CHECKING:
     from latentmap.train import TrainResult
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
               help="Override a recipe value, e.g. --set train.batch_size=128 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the newest training state in train.out.")
 @click.option("--no-validation", is_flag=True, help="Skip validation (no generator/encoder is loaded).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(recipe: str, overrides: tuple[str, ...], resume: bool, no_validation: bool, quiet: bool) -> None:
     """Train the diffusion prior described by RECIPE (a YAML file).
 
@@ -36,9 +38,10 @@ def command(recipe: str, overrides: tuple[str, ...], resume: bool, no_validation
 
 def print_training_summary(result: TrainResult) -> None:
     """One line on what training did, printed once (by rank 0 under torchrun)."""
+    from latentmap.config import plural
     from latentmap.distributed import main_process
 
     if not main_process():
         return
     best = f", best text CLIP score {result.best_score:.4f} at step {result.best_step}" if result.best_step >= 0 else ""
-    click.echo(f"trained {result.steps} steps (final loss {result.final_loss:.4f}){best}; outputs in {result.out}")
+    click.echo(f"trained {plural(result.steps, 'step')} (final loss {result.final_loss:.4f}){best}; outputs in {result.out}")

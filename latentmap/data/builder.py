@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from latentmap.atomic import remove_stale_temporaries, write_atomic
+from latentmap.config import plural
 from latentmap.data.manifest import (
     STD_CORRECTION,
     BuildSettings,
@@ -112,9 +113,11 @@ class BuildSummary:
     def describe(self) -> str:
         """The one-paragraph summary printed at the end of a build."""
         lines = [
-            f"dataset {self.out}: {self.samples:,} samples in {self.shards} shards, {self.bytes_on_disk / 1e6:,.1f} MB",
-            f"this run: built {self.built_shards} shards ({self.built_samples:,} samples) in {self.seconds:,.1f} s "
-            f"({self.samples_per_second:,.0f} samples/s), reused {self.reused_shards} complete shards"
+            f"dataset {self.out}: {plural(self.samples, 'sample')} in {plural(self.shards, 'shard')}, "
+            f"{self.bytes_on_disk / 1e6:,.1f} MB",
+            f"this run: built {plural(self.built_shards, 'shard')} ({plural(self.built_samples, 'sample')}) in "
+            f"{self.seconds:,.1f} s ({self.samples_per_second:,.0f} samples/s), "
+            f"reused {plural(self.reused_shards, 'complete shard')}"
             + (f", {self.world_size} processes" if self.world_size > 1 else ""),
         ]
         for index, reason in self.rebuilt:

@@ -7,10 +7,11 @@ dataclasses are everything a recipe, the command line or a checkpoint can say ab
 from __future__ import annotations
 
 from latentmap.hookspecs import Register, hookimpl
-from latentmap.prior.diffusion import DiffusionPrior
 
 
 @hookimpl
 def register_priors(register: Register) -> None:
+    from latentmap.prior.diffusion import DiffusionPrior  # here, so loading plugins for the CLI needs no torch
+
     register("diffusion", DiffusionPrior,
              description="DALL-E 2 style diffusion prior transformer (clip2latent), classifier-free guidance")

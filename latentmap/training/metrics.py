@@ -50,13 +50,25 @@ class MetricsLog:
 
     def plot(self) -> Path:
         """(Re)draw ``metrics.png``: training loss (log scale) and validation CLIP scores over steps."""
+        import matplotlib.pyplot as plt
+
+        figure = self.figure()
+        tmp = self.plot_path.with_name(".metrics.png.tmp")
+        figure.savefig(tmp, dpi=100, format="png")
+        plt.close(figure)
+        tmp.replace(self.plot_path)
+        return self.plot_path
+
+    def figure(self) -> Any:
+        """The matplotlib figure :meth:`plot` saves. Legends sit below the axes, so no point (the newest
+        one least of all) is ever hidden behind them."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         records = self.read()
-        figure, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        figure, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
         losses = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), float)]
         if losses:
             loss_ax.plot(*zip(*losses), label="train loss", linewidth=1)
@@ -65,24 +77,17 @@ class MetricsLog:
             loss_ax.plot(*zip(*val_losses), "o-", label="held-out loss (EMA)", markersize=3)
         if losses or val_losses:
             loss_ax.set_yscale("log")
-        loss_ax.set_xlabel("step")
         loss_ax.set_title("loss")
-        if loss_ax.get_legend_handles_labels()[0]:
-            loss_ax.legend(loc="upper right")
         for key, label in (("val/text_clip", "text prompts"), ("val/image_clip", "held-out images")):
             points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
             if points:
                 val_ax.plot(*zip(*points), "o-", label=label, markersize=3)
-        val_ax.set_xlabel("step")
         val_ax.set_title("validation CLIP score (EMA)")
-        if val_ax.get_legend_handles_labels()[0]:
-            val_ax.legend(loc="lower right")
-        figure.tight_layout()
-        tmp = self.plot_path.with_name(".metrics.png.tmp")
-        figure.savefig(tmp, dpi=100, format="png")
-        plt.close(figure)
-        tmp.replace(self.plot_path)
-        return self.plot_path
+        for ax in (loss_ax, val_ax):
+            ax.set_xlabel("step")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+        return figure
 
     def close(self) -> None:
         if self.writer is not None:

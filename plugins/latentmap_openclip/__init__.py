@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from latentmap import hookimpl, option
-from latentmap_openclip.preprocess import PREPROCESS_MODES
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+PREPROCESS_MODES = ("openclip", "clip2latent-double-norm")  # see preprocess.py (not imported here: it needs torch)
 
 
 @dataclass

@@ -1,32 +1,35 @@
 """Building a frozen open_clip model, its tokenizer and its preprocessing settings from a parsed spec.
 
 Three sources of architecture: open_clip's built-in configs (``ViT-B-32``), a JSON config file, or an
-``hf-hub:`` repository. Three sources of weights: a pretrained tag (through the Hugging Face cache, or
-open_clip's URL for the few tags without a Hub copy), a local file (loaded with ``weights_only=True`` or
-safetensors, so a checkpoint can never run code), or none (random, seeded; for tests and experiments
-with custom configs only).
+``hf-hub:`` repository. Three sources of weights: a pretrained tag (through the Hugging Face cache, OpenAI's
+own file where the ``clip`` package keeps it for ``openai`` tags, or open_clip's URL for the few tags
+without a Hub copy), a local file (safetensors, ``torch.load(weights_only=True)``, or a TorchScript archive
+read tensor by tensor, so a checkpoint can never run code), or none (random, seeded; for tests and
+experiments with custom configs only). A download that cannot happen fails at the first connection error,
+in one line (``latentmap.fetch_hub_file``).
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import os
 import pickle
 import re
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import huggingface_hub
 import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from torch import nn
 
-from latentmap import LatentmapError, downloads_disabled, resolve_weights
+from latentmap import LatentmapError, fetch_hub_file, resolve_weights, sha256_file
 from latentmap_openclip.spec import EncoderSpec
 
 HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -89,11 +92,14 @@ def _load_builtin(spec: EncoderSpec, *, cache_dir: str | None, quick_gelu: bool 
             f"encoder spec 'openclip:{spec.text}' names no weights: use a pretrained tag ({example}; tags: "
             f"{', '.join(tags) or 'none'}) or a local file (openclip:{arch}@/path/to/weights.safetensors)"
         )
+    scripted = is_script_archive(weights_file)  # OpenAI's own format: open_clip would refuse or unpickle it
     try:
         model = open_clip.create_model(
-            arch, pretrained=str(weights_file), force_quick_gelu=bool(quick_gelu),
+            arch, pretrained=None if scripted else str(weights_file), force_quick_gelu=bool(quick_gelu),
             force_preprocess_cfg=force_preprocess or None, weights_only=True, device="cpu",
         )
+        if scripted:
+            load_weights(model, weights_file)
     except Exception as exc:  # open_clip raises RuntimeError/KeyError/... for shape or key mismatches
         raise LatentmapError(f"cannot load weights {weights_file} into open_clip {arch}: {_load_failure(exc)}") from None
     return LoadedModel(
@@ -120,48 +126,80 @@ def _check_arch(arch: str, spec_text: str) -> str:
 
 
 def pretrained_file(arch: str, tag: str, tag_cfg: dict[str, Any], *, cache_dir: str | None = None) -> Path:
-    """Local path of the weights for ``arch/tag``: the Hugging Face cache (downloading unless offline) or open_clip's URL."""
+    """Local path of the weights for ``arch/tag``: the Hugging Face cache, OpenAI's file in the ``clip``
+    package's cache (``openai`` tags), else a download from the Hub (or open_clip's URL for tags without a Hub copy)."""
     if tag_cfg.get("file"):
         return Path(tag_cfg["file"])
     hub = tag_cfg.get("hf_hub", "")
+    url = tag_cfg.get("url", "")
     label = f"{arch}/{tag}"
     if hub:
         repo_id, filename = os.path.split(hub)  # "org/repo/" -> default file names, "org/repo/file.bin" -> that file
         return _hf_weights(repo_id, [filename] if filename else list(HF_WEIGHT_NAMES), label=label, arch=arch,
-                           cache_dir=cache_dir)
-    url = tag_cfg.get("url", "")
+                           cache_dir=cache_dir, openai_url=url)
     if not url:
         raise LatentmapError(f"open_clip lists no download location for {label}")
-    digest = url.rstrip("/").split("/")[-2] if "openaipublic" in url else ""
-    return resolve_weights(
-        f"openclip-{arch}-{tag}", filename=os.path.basename(url), url=url,
-        sha256=digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None,
+    return openai_clip_file(url) or resolve_weights(
+        f"openclip-{arch}-{tag}", filename=os.path.basename(url), url=url, sha256=_openai_digest(url),
     )
 
 
-def _hf_weights(repo_id: str, filenames: list[str], *, label: str, arch: str, cache_dir: str | None) -> Path:
-    """First of ``filenames`` (safetensors alternatives tried first) found in / downloadable to the HF cache."""
-    offline = downloads_disabled()
+def _openai_digest(url: str) -> str | None:
+    """The SHA-256 an OpenAI download URL carries (``.../models/<sha256>/ViT-B-32.pt``), if it has one."""
+    digest = url.rstrip("/").split("/")[-2] if "openaipublic" in url else ""
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+
+def clip_cache_folders() -> list[Path]:
+    """Where OpenAI's ``clip`` package keeps its downloads: ``~/.cache/clip`` (and ``$XDG_CACHE_HOME/clip``)."""
+    folders = [Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "clip"] if os.environ.get("XDG_CACHE_HOME") else []
+    return list(dict.fromkeys([*folders, Path.home() / ".cache" / "clip"]))
+
+
+def openai_clip_file(url: str) -> Path | None:
+    """OpenAI's own weights file for ``url`` (``.../ViT-B-32.pt``) if the ``clip`` package (or clip2latent)
+    already downloaded it; checked against the SHA-256 its URL carries. None when it is not there."""
+    if "openaipublic" not in url:
+        return None
+    sha256 = _openai_digest(url)
+    for folder in clip_cache_folders():
+        file = folder / os.path.basename(url)
+        if not file.is_file():
+            continue
+        actual = sha256_file(file)
+        if sha256 and actual != sha256:
+            raise LatentmapError(
+                f"{file} (OpenAI's CLIP file, in the clip package's cache) has SHA-256 {actual}, not the {sha256} of "
+                f"{url}: an interrupted download? delete it, or replace it with a complete copy"
+            )
+        return file
+    return None
+
+
+def _safetensors_first(filenames: list[str]) -> list[str]:
+    """The file names to ask the Hub for: a safetensors copy first (it loads without unpickling anything)."""
     candidates: list[str] = []
-    for name in filenames:  # prefer a safetensors copy: it loads without unpickling anything
+    for name in filenames:
         if name == "open_clip_pytorch_model.bin":
             candidates.append("open_clip_model.safetensors")
         elif name.endswith((".bin", ".pth")):
             candidates.append(name[:-4] + ".safetensors")
         candidates.append(name)
-    last_error: Exception | None = None
-    for candidate in dict.fromkeys(candidates):
-        try:
-            return Path(huggingface_hub.hf_hub_download(repo_id, candidate, cache_dir=cache_dir, local_files_only=offline))
-        except Exception as exc:  # not cached, not on the Hub, or no network: try the next name
-            last_error = exc
-    cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
-    why = "downloads are disabled (LATENTMAP_OFFLINE/HF_HUB_OFFLINE)" if offline else f"the download failed ({_one_line(last_error)})"
-    raise LatentmapError(
-        f"open_clip weights for {label} (Hugging Face repo {repo_id}) are not in the cache {cache} and {why}; "
-        f"run once with network access to fill the cache, or give a local file: "
-        f"openclip:{arch}@/path/to/weights.safetensors (or the weights= option)"
-    )
+    return list(dict.fromkeys(candidates))
+
+
+def _hf_weights(repo_id: str, filenames: list[str], *, label: str, arch: str, cache_dir: str | None,
+                openai_url: str = "") -> Path:
+    """The first of ``filenames`` (safetensors alternatives first) in the Hugging Face cache, else OpenAI's file
+    for ``openai_url`` in the clip package's cache, else downloaded; one error line otherwise."""
+    clip_hint = ""
+    if "openaipublic" in openai_url:
+        clip_hint = (f", or put OpenAI's {os.path.basename(openai_url)} ({openai_url}) in "
+                     f"{clip_cache_folders()[-1]} (the clip package's cache)")
+    hint = (f"download the file from that URL and give it as openclip:{arch}@/path/to/weights.safetensors "
+            f"(or the weights= option){clip_hint}, or run once with network access to fill the cache")
+    return fetch_hub_file(repo_id, _safetensors_first(filenames), cache_dir=cache_dir,
+                          what=f"open_clip weights for {label}", hint=hint, elsewhere=lambda: openai_clip_file(openai_url))
 
 
 def _local_weights(spec: EncoderSpec) -> Path:
@@ -233,7 +271,7 @@ def build_from_config(
         raise LatentmapError(f"cannot build an open_clip model from {where}: {_one_line(exc)}") from None
     if weights_file is not None:
         try:
-            open_clip.load_checkpoint(model, str(weights_file), strict=True, weights_only=True)
+            load_weights(model, weights_file)
         except Exception as exc:
             raise LatentmapError(f"cannot load weights {weights_file} into the model of {where}: {_load_failure(exc)}") from None
     final_preprocess = merge_preprocess_dict(PreprocessCfg(), preprocess)
@@ -271,16 +309,10 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def _load_hf_hub(spec: EncoderSpec, *, cache_dir: str | None, quick_gelu: bool | None, seed: int) -> LoadedModel:
     repo_id = spec.hf_hub or ""
-    offline = downloads_disabled()
-    try:
-        config_path = huggingface_hub.hf_hub_download(repo_id, "open_clip_config.json", cache_dir=cache_dir,
-                                                      local_files_only=offline)
-    except Exception as exc:
-        why = "downloads are disabled (LATENTMAP_OFFLINE/HF_HUB_OFFLINE)" if offline else _one_line(exc)
-        raise LatentmapError(
-            f"open_clip config for hf-hub:{repo_id} is not in the Hugging Face cache and {why}; run once with network "
-            "access, or download the repository and use openclip:/path/to/open_clip_config.json@/path/to/weights"
-        ) from None
+    config_path = fetch_hub_file(repo_id, ["open_clip_config.json"], cache_dir=cache_dir,
+                                 what=f"open_clip config of hf-hub:{repo_id}",
+                                 hint="run once with network access, or download the repository and use "
+                                      "openclip:/path/to/open_clip_config.json@/path/to/weights")
     document = json.loads(Path(config_path).read_text(encoding="utf-8"))
     model_cfg, preprocess = _split_config(document, f"hf-hub:{repo_id}")
     weights_file = _hf_weights(repo_id, list(HF_WEIGHT_NAMES), label=f"hf-hub:{repo_id}", arch="ARCH", cache_dir=cache_dir)
@@ -288,6 +320,107 @@ def _load_hf_hub(spec: EncoderSpec, *, cache_dir: str | None, quick_gelu: bool |
                                where=f"hf-hub:{repo_id}")
     loaded.weights_source = f"hf-hub:{repo_id}"
     return loaded
+
+
+# ------------------------------------------------------------------------------------- weight files
+
+
+def load_weights(model: nn.Module, weights_file: Path) -> None:
+    """Load a weights file into ``model`` (strict) without running code from it: safetensors or a torch
+    file through open_clip with ``weights_only=True``, a TorchScript archive through :func:`script_archive_tensors`."""
+    if not is_script_archive(weights_file):
+        open_clip.load_checkpoint(model, str(weights_file), strict=True, weights_only=True)
+        return
+    tensors = script_archive_tensors(weights_file)
+    expected = list(model.state_dict())
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise KeyError(f"the TorchScript archive has no tensor {missing[0]!r} ({len(missing)} of {len(expected)} missing)")
+    model.load_state_dict({name: tensors[name] for name in expected}, strict=True)  # extras (attn_mask ...) are not weights
+
+
+def is_script_archive(path: Path) -> bool:
+    """True for a TorchScript archive (OpenAI's CLIP files): a zip with code and ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+_STORAGE_DTYPES = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for every TorchScript class while an archive is read: it keeps the attributes, nothing runs."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
+    return torch.as_strided(storage, tuple(size), tuple(stride), offset)
+
+
+def _same(value: Any, *_: Any) -> Any:
+    return value
+
+
+class _ScriptArchiveUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's ``data.pkl`` allowing only tensors, plain containers and stand-ins
+    for the archive's own classes: no function or class of the running program can be reached."""
+
+    ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): dict,
+               **{("torch.jit._pickle", name): _same for name in (
+                   "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "restore_type_tag")}}
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(archive.read(prefix + "data.pkl")))
+        self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a TorchScript weights archive")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise pickle.UnpicklingError(f"unexpected record {pid!r} in a TorchScript weights archive")
+        key = str(pid[2])
+        if key not in self.storages:
+            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            self.storages[key] = torch.frombuffer(raw, dtype=pid[1]) if raw else torch.empty(0, dtype=pid[1])
+        return self.storages[key]
+
+
+def script_archive_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of the modules in a TorchScript archive, by dotted name (``visual.conv1.weight``),
+    read without loading the archive's code (``torch.jit.load`` would compile and run it)."""
+    with zipfile.ZipFile(path) as archive:
+        prefixes = [name[: -len("data.pkl")] for name in archive.namelist()
+                    if name.endswith("/data.pkl") and name.count("/") == 1]
+        if not prefixes:
+            raise pickle.UnpicklingError("the archive has no data.pkl")
+        root = _ScriptArchiveUnpickler(archive, prefixes[0]).load()
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for name, value in getattr(node, "attributes", {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[prefix + name] = value
+            elif isinstance(value, _ScriptObject):
+                walk(value, f"{prefix}{name}.")
+
+    walk(root, "")
+    return tensors
 
 
 def _load_failure(exc: BaseException) -> str:

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from latentmap import LatentmapError
 
-PREPROCESS_MODES = ("openclip", "clip2latent-double-norm")
 RESIZE_MODES = ("shortest", "longest", "squash")
 
 

@@ -16,20 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from latentmap import hookimpl, option
-from latentmap_shapes.captions import describe, describe_batch, read_prompt
-from latentmap_shapes.generator import (
-    DEFAULT_RESOLUTION,
-    MAX_RESOLUTION,
-    MIN_RESOLUTION,
-    ShapesGenerator,
-)
-from latentmap_shapes.layout import (
-    SPACE,
-    decision_margins,
-    decode_attributes,
-    latents_with_attributes,
-)
-from latentmap_shapes.renderer import RENDERER_VERSION
 from latentmap_shapes.vocabulary import (
     BACKGROUNDS,
     COLOURS,
@@ -40,6 +26,33 @@ from latentmap_shapes.vocabulary import (
     attribute_names,
     class_index,
 )
+
+DEFAULT_RESOLUTION = 64
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
+
+# The world's other modules need torch: their names are imported on first use, so loading the plugin
+# (``latentmap --help`` lists plugins' commands) stays light.
+_LAZY = {
+    "describe": "captions", "describe_batch": "captions", "read_prompt": "captions",
+    "ShapesGenerator": "generator",
+    "SPACE": "layout", "decision_margins": "layout", "decode_attributes": "layout", "latents_with_attributes": "layout",
+    "RENDERER_VERSION": "renderer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"latentmap_shapes.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'latentmap_shapes' has no attribute {name!r}")
+
+
+def _space_names() -> tuple[str, ...]:
+    from latentmap_shapes.layout import SPACE
+
+    return (SPACE.name,)
+
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "POSITIONS", "RENDERER_VERSION", "SHAPES", "SIZES", "SPACE", "VOCABULARY",
@@ -54,8 +67,8 @@ class ShapesGeneratorOptions:
     """Options of the ``shapes`` generator."""
 
     resolution: int = option(DEFAULT_RESOLUTION, min=MIN_RESOLUTION, max=MAX_RESOLUTION, help="image size in pixels")
-    space: str | None = option(None, choices=(SPACE.name,),
-                               help=f"its one latent space, {SPACE.name!r} (3 tokens x 8, one token per layer)")
+    space: str | None = option(None, choices=_space_names,
+                               help="its one latent space (3 tokens x 8, one token per layer)")
 
 
 @dataclass
@@ -69,6 +82,8 @@ class ShapesClipOptions:
 
 def make_generator(options: ShapesGeneratorOptions) -> Any:
     """The ``shapes`` generator; its only latent space is ``shapes`` (3 tokens x 8)."""
+    from latentmap_shapes.generator import ShapesGenerator
+
     return ShapesGenerator(resolution=options.resolution)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from latentmap import Generator, LatentmapError
+from latentmap_shapes import DEFAULT_RESOLUTION, MAX_RESOLUTION, MIN_RESOLUTION
 from latentmap_shapes.captions import read_prompt
 from latentmap_shapes.layout import (
     DIM,
@@ -17,9 +18,6 @@ from latentmap_shapes.layout import (
     scene_from_latents,
 )
 from latentmap_shapes.renderer import RENDERER_VERSION, render
-
-DEFAULT_RESOLUTION = 64
-MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
 
 
 class ShapesGenerator(Generator):

@@ -2,8 +2,8 @@
 
 Registers the generators ``stylegan2`` and ``stylegan3`` (any network file, ``weights=``), the
 zoo entries ``stylegan2-ffhq`` and ``stylegan3-lhq``, and the ``convert-stylegan`` command. Their
-options are declared once, in ``StyleGANOptions`` (generator.py) and ``ZooOptions`` (zoo.py). The
-network definitions are imported only when a generator is built or the command runs.
+options are declared once, in ``StyleGANOptions`` (options.py) and ``ZooOptions`` (zoo.py). The
+network definitions (and torch) are imported only when a generator is built or the command runs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from latentmap import hookimpl
-from latentmap_stylegan.generator import StyleGANOptions
+from latentmap_stylegan.options import StyleGANOptions
 from latentmap_stylegan.zoo import ZOO, ZooOptions, build_generator, build_zoo_generator
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from latentmap import LatentmapError, option
-from latentmap_stylegan.converted import load_network
-from latentmap_stylegan.generator import StyleGANGenerator, StyleGANOptions
+from latentmap_stylegan.options import StyleGANOptions
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,9 @@ class ZooOptions(StyleGANOptions):
 
 def build_generator(kind: str, name: str, options: StyleGANOptions):
     """A ``StyleGANGenerator`` of ``kind`` from ``options.weights``; one-line errors for bad choices."""
+    from latentmap_stylegan.converted import load_network  # the networks (torch) only when one is built
+    from latentmap_stylegan.generator import StyleGANGenerator
+
     if options.weights is None:
         raise LatentmapError(
             f"generator {name!r} needs weights=PATH (an NVIDIA network .pkl or a file made by 'latentmap convert-stylegan')"
