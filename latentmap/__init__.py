@@ -22,7 +22,8 @@ __all__ = [
     "load_pipeline", "load_prior", "save_prior", "load_recipe", "build_dataset",
     # the plugin API: what a plugin needs besides the contracts (docs/plugins.md, "Helpers for plugins")
     "option", "build_options", "registered_names", "resolve_weights", "sha256_file", "downloads_disabled", "fetch_hub_file",
-    "write_atomic", "replace_atomically", "identity_differences", "PriorNetwork",
+    "write_atomic", "replace_atomically", "identity_differences", "PriorNetwork", "TransformerPrior",
+    "TransformerPriorOptions",
 ]
 
 # Everything else is imported on first use, so ``import latentmap`` (and ``latentmap --help``) never
@@ -52,6 +53,8 @@ _LAZY = {
     "replace_atomically": "latentmap.atomic",
     "identity_differences": "latentmap.identity:differences",
     "PriorNetwork": "latentmap.prior.network",
+    "TransformerPrior": "latentmap.prior.transformer_prior",
+    "TransformerPriorOptions": "latentmap.prior.transformer_prior",
 }
 
 

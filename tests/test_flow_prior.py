@@ -176,8 +176,8 @@ def test_logit_normal_time_sampling_and_condition_normalisation():
     t = prior.draw_times(20000, g, torch.device("cpu"))
     assert 0 < t.min() and t.max() < 1 and abs(t.mean() - 0.5) < 0.01 and t.std() < 0.25  # uniform: 0.289
     cond, x = torch.randn(3, 6), torch.randn(3, 2, 8)
-    v = prior.velocity(x, 0.4, prior._prepare_cond(cond))
-    assert torch.allclose(v, prior.velocity(x, 0.4, prior._prepare_cond(cond * 5.0)), atol=1e-6)
+    v = prior.velocity(x, 0.4, prior.prepare_cond(cond))
+    assert torch.allclose(v, prior.velocity(x, 0.4, prior.prepare_cond(cond * 5.0)), atol=1e-6)
 
 
 def test_bad_input_errors_are_clear():

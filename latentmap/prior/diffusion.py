@@ -15,33 +15,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentmap.config import option
-from latentmap.errors import LatentmapError
-from latentmap.interfaces import Prior, PriorShape
+from latentmap.interfaces import PriorShape
 from latentmap.prior import samplers
-from latentmap.prior.network import PriorNetwork
 from latentmap.prior.samplers import sampler_names
 from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule
+from latentmap.prior.transformer_prior import TransformerPrior, TransformerPriorOptions
 
 OBJECTIVES = ("x0", "noise")
 
 
 @dataclass
-class DiffusionOptions:
+class DiffusionOptions(TransformerPriorOptions):
     """The diffusion prior's options: a recipe's ``prior:`` section. Defaults are the paper's (clip2latent
     ``mid``, 48,767,872 trainable parameters for 512-d latents and conditions)."""
 
-    dim: int = option(512, min=1, help="transformer width (in/out projections only where latent or condition size differ)")
-    depth: int = option(12, min=1, help="transformer layers")
-    heads: int = option(12, min=1, help="attention heads")
-    dim_head: int = option(64, min=1, help="features per attention head")
-    ff_mult: int = option(4, min=1, help="feed-forward expansion")
     timesteps: int = option(1000, min=1, help="diffusion timesteps")
     schedule: str = option("cosine", choices=SCHEDULE_KINDS, help="beta schedule")
     objective: str = option("x0", choices=OBJECTIVES, help="what the network predicts: the clean latent or the noise")
-    cond_drop_prob: float = option(0.2, min=0.0, below=1.0,
-                                   help="probability of dropping the condition in training (classifier-free guidance)")
-    normalize_cond: bool = option(False, help="L2-normalise conditions inside the model (compare directions only); "
-                                              "for encoders whose text and image embeddings differ in length")
 
 
 @dataclass
@@ -54,7 +44,7 @@ class DiffusionSampling:
     eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
 
 
-class DiffusionPrior(Prior):
+class DiffusionPrior(TransformerPrior):
     """Condition embedding -> generator latent, by DDPM over z-normalised latents.
 
     Buffers: the 12 schedule tables (DALLE2's names), ``latent_mean``/``latent_std`` of shape
@@ -68,17 +58,7 @@ class DiffusionPrior(Prior):
     def __init__(self, shape: PriorShape, options: DiffusionOptions | None = None) -> None:
         super().__init__(shape, options)
         o = self.options
-        self.net = PriorNetwork(
-            latent_dim=shape.latent_dim,
-            tokens=shape.tokens,
-            cond_dim=shape.cond_dim,
-            dim=o.dim,
-            depth=o.depth,
-            heads=o.heads,
-            dim_head=o.dim_head,
-            ff_mult=o.ff_mult,
-            timesteps=o.timesteps,
-        )
+        self.net = self.build_network(o.timesteps)
         for buffer_name, table in make_schedule(o.schedule, o.timesteps).buffers().items():
             self.register_buffer(buffer_name, table)
 
@@ -87,21 +67,6 @@ class DiffusionPrior(Prior):
         """Every state-dict key of a prior with this shape and options and its shape, without allocating weights."""
         with torch.device("meta"):
             return {name: tuple(t.shape) for name, t in DiffusionPrior(shape, options).state_dict().items()}
-
-    @property
-    def normalizes_conditions(self) -> bool:
-        return self.options.normalize_cond
-
-    def _prepare_cond(self, cond: Tensor, batch: int | None = None) -> Tensor:
-        self.check_cond(cond, batch)
-        cond = cond.to(self.latent_mean)
-        return F.normalize(cond, dim=-1) if self.options.normalize_cond else cond
-
-    def _check_guidance(self, guidance: float) -> None:
-        if guidance != 1.0 and self.options.cond_drop_prob == 0.0:
-            raise LatentmapError(
-                f"guidance {guidance} needs a prior trained with condition dropout, but cond_drop_prob is 0; use guidance 1"
-            )
 
     # ----------------------------------------------------------------------------- training
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -116,18 +81,17 @@ class DiffusionPrior(Prior):
         per-sample keep mask with P(keep) = 1 − cond_drop_prob.
         """
         self.check_latents(latents)
-        batch = latents.shape[0]
-        device = self.latent_mean.device
-        draw_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.options.timesteps, (batch,), generator=generator, device=draw_device).to(device)
-        noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(device)
-        keep = (torch.rand(batch, generator=generator, device=draw_device) >= self.options.cond_drop_prob).to(device)
+        t, noise, keep = self.training_draws(latents, generator, self.draw_timesteps)
         return self.loss_given(latents, cond, t=t, noise=noise, keep=keep)
+
+    def draw_timesteps(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """``batch`` training timesteps, uniform over 0..T−1."""
+        return torch.randint(0, self.options.timesteps, (batch,), generator=generator, device=device)
 
     def loss_given(self, latents: Tensor, cond: Tensor, *, t: Tensor, noise: Tensor, keep: Tensor) -> Tensor:
         """The training loss for explicit draws: timesteps t (B,), noise, condition keep mask (B,) bool."""
         self.check_latents(latents)
-        cond = self._prepare_cond(cond, latents.shape[0])
+        cond = self.prepare_cond(cond, latents.shape[0])
         x0 = self.normalize_latents(latents.to(self.latent_mean))
         noise = noise.reshape(x0.shape).to(x0)
         prediction = self.net(self.q_sample(x0, t, noise), t, cond, keep.to(torch.bool))
@@ -173,8 +137,8 @@ class DiffusionPrior(Prior):
     def denoise(self, x_t: Tensor, t: Tensor | int, cond: Tensor, *, guidance: float = 1.0) -> Tensor:
         """x0 estimate (normalised space) of the guided prediction at timestep(s) ``t``."""
         self.check_latents(x_t)
-        self._check_guidance(guidance)
-        cond = self._prepare_cond(cond, x_t.shape[0])
+        self.check_guidance(guidance)
+        cond = self.prepare_cond(cond, x_t.shape[0])
         t = self._timestep_tensor(t, x_t.shape[0], x_t.device)
         return self.predict_x0(x_t, t, self.guided_output(x_t, t, cond, guidance=guidance))
 
@@ -203,8 +167,8 @@ class DiffusionPrior(Prior):
         ``noise`` replaces the random draws (e.g. :class:`~latentmap.prior.samplers.RecordedNoise`).
         """
         settings = settings if settings is not None else self.sampling()
-        self._check_guidance(settings.guidance)
-        cond = self._prepare_cond(cond)
+        self.check_guidance(settings.guidance)
+        cond = self.prepare_cond(cond)
         schedule = self.sampling_schedule(settings.sampler, settings.steps)
         noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
         x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import latentmap
-from latentmap import PriorNetwork, PriorShape, option  # the plugin API is latentmap's top level
+from latentmap import PriorShape, TransformerPrior, TransformerPriorOptions, option  # the plugin API: latentmap's top level
 from latentmap_flow.samplers import SOLVERS, solver_names, time_grid
 
 __all__ = ["TIME_SAMPLING", "FlowOptions", "FlowPrior", "FlowSampling", "TimeEmbedding"]
@@ -45,25 +45,16 @@ TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000·t, the range of the diff
 
 
 @dataclass
-class FlowOptions:
+class FlowOptions(TransformerPriorOptions):
     """The flow prior's options: a recipe's ``prior:`` section for ``name: flow`` (stored in checkpoints).
 
-    The transformer's size options mean what they mean for the diffusion prior; the defaults are the
-    paper's size (clip2latent ``mid``).
+    The transformer's size and the treatment of conditions are the shared ones of every transformer
+    prior (``latentmap.TransformerPriorOptions``, the paper's size by default); the time distribution is its own.
     """
 
-    dim: int = option(512, min=1, help="transformer width (in/out projections only where latent or condition size differ)")
-    depth: int = option(12, min=1, help="transformer layers")
-    heads: int = option(12, min=1, help="attention heads")
-    dim_head: int = option(64, min=1, help="features per attention head")
-    ff_mult: int = option(4, min=1, help="feed-forward expansion")
     time_sampling: str = option("uniform", choices=TIME_SAMPLING,
                                 help="how training draws t: uniform on [0, 1], or logit-normal (the sigmoid of a "
                                      "standard normal: more weight mid-path, fewer draws near the ends)")
-    cond_drop_prob: float = option(0.2, min=0.0, below=1.0,
-                                   help="probability of dropping the condition in training (classifier-free guidance)")
-    normalize_cond: bool = option(False, help="L2-normalise conditions inside the model (compare directions only); "
-                                              "for encoders whose text and image embeddings differ in length")
 
 
 @dataclass
@@ -98,7 +89,7 @@ class TimeEmbedding(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-class FlowPrior(latentmap.Prior):
+class FlowPrior(TransformerPrior):
     """Condition (B, cond_dim) -> latents (B, tokens, latent_dim), by flow matching on z-normalised latents.
 
     Parameters: ``net.*`` (``latentmap.PriorNetwork`` with ``net.time_embed`` a :class:`TimeEmbedding`).
@@ -111,19 +102,8 @@ class FlowPrior(latentmap.Prior):
 
     def __init__(self, shape: PriorShape, options: FlowOptions | None = None) -> None:
         super().__init__(shape, options)
-        o = self.options
-        self.net = PriorNetwork(latent_dim=shape.latent_dim, tokens=shape.tokens, cond_dim=shape.cond_dim, dim=o.dim,
-                                depth=o.depth, heads=o.heads, dim_head=o.dim_head, ff_mult=o.ff_mult, timesteps=1)
-        self.net.time_embed = TimeEmbedding(o.dim)  # continuous t instead of the one-row timestep table
-
-    @property
-    def normalizes_conditions(self) -> bool:
-        return self.options.normalize_cond
-
-    def _prepare_cond(self, cond: Tensor, batch: int | None = None) -> Tensor:
-        self.check_cond(cond, batch)
-        cond = cond.to(self.latent_mean)
-        return F.normalize(cond, dim=-1) if self.options.normalize_cond else cond
+        self.net = self.build_network(timesteps=1)
+        self.net.time_embed = TimeEmbedding(self.options.dim)  # continuous t instead of the one-row timestep table
 
     # ----------------------------------------------------------------------------- training
     def draw_times(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -139,18 +119,13 @@ class FlowPrior(latentmap.Prior):
         latents, and a per-sample keep mask with P(keep) = 1 − cond_drop_prob.
         """
         self.check_latents(latents)
-        batch = latents.shape[0]
-        device = self.latent_mean.device
-        draw_device = generator.device if generator is not None else device
-        t = self.draw_times(batch, generator, draw_device).to(device)
-        noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(device)
-        keep = (torch.rand(batch, generator=generator, device=draw_device) >= self.options.cond_drop_prob).to(device)
+        t, noise, keep = self.training_draws(latents, generator, self.draw_times)
         return self.loss_given(latents, cond, t=t, noise=noise, keep=keep)
 
     def loss_given(self, latents: Tensor, cond: Tensor, *, t: Tensor, noise: Tensor, keep: Tensor) -> Tensor:
         """The loss for explicit draws: times t (B,) in [0, 1], noise x0 like the latents, keep mask (B,) bool."""
         self.check_latents(latents)
-        cond = self._prepare_cond(cond, latents.shape[0])
+        cond = self.prepare_cond(cond, latents.shape[0])
         x1 = self.normalize_latents(latents.to(self.latent_mean))
         x0 = noise.reshape(x1.shape).to(x1)
         t = t.to(x1)
@@ -158,12 +133,6 @@ class FlowPrior(latentmap.Prior):
         return F.mse_loss(self.net(x_t, t, cond, keep.to(torch.bool)), x1)
 
     # ----------------------------------------------------------------------------- sampling
-    def _check_guidance(self, guidance: float) -> None:
-        if guidance != 1.0 and self.options.cond_drop_prob == 0.0:
-            raise latentmap.LatentmapError(
-                f"guidance {guidance} needs a prior trained with condition dropout, but cond_drop_prob is 0; use guidance 1"
-            )
-
     def velocity(self, x: Tensor, t: float, cond: Tensor, *, guidance: float = 1.0) -> Tensor:
         """The velocity (z-normalised units) at time ``t`` < 1 for prepared conditions, with guidance.
 
@@ -192,8 +161,8 @@ class FlowPrior(latentmap.Prior):
         ``settings.sampler``; deterministic given the start noise.
         """
         settings = settings if settings is not None else self.sampling()
-        self._check_guidance(settings.guidance)
-        cond = self._prepare_cond(cond)
+        self.check_guidance(settings.guidance)
+        cond = self.prepare_cond(cond)
         shape = (cond.shape[0], self.shape.tokens, self.shape.latent_dim)
         if noise is None:
             draw_device = generator.device if generator is not None else self.latent_mean.device
