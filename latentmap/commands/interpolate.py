@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from latentmap.commands.pipeline_options import build_pipeline, checkpoint_options, sampler_options, settings_from
+from latentmap.commands.pipeline_options import (
+    build_pipeline,
+    checkpoint_options,
+    quiet_option,
+    sampler_options,
+    settings_from,
+)
 from latentmap.errors import LatentmapError
 
 GIF_MIN_SIDE = 128  # small generators render tiny images: the GIF shows them enlarged (nearest neighbour)
@@ -23,7 +29,9 @@ GIF_MIN_SIDE = 128  # small generators render tiny images: the GIF shows them en
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise every frame shares.")
 @click.option("--duration", type=int, default=150, show_default=True, help="Milliseconds per GIF frame.")
 @click.option("--out", type=click.Path(file_okay=False), default="interpolation", show_default=True, help="Output folder.")
-def command(prompt_a: str, prompt_b: str, frames: int, seed: int, duration: int, out: str, **kwargs: Any) -> None:
+@quiet_option
+def command(prompt_a: str, prompt_b: str, frames: int, seed: int, duration: int, out: str, quiet: bool,
+            **kwargs: Any) -> None:
     """Interpolate from PROMPT_A to PROMPT_B in the condition space, with the same noise for every frame.
 
     Writes strip.png (the frames in a row), interpolation.gif (one frame each, looping), latents.safetensors
