@@ -102,9 +102,9 @@ class Generation:
                     for score in row]
         return contact_sheet(images, captions, columns=self.result.images.shape[1])
 
-    def save(self, folder: str | os.PathLike) -> Path:
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """PNGs, contact sheets, latents and samples.jsonl in ``folder`` (as ``latentmap sample`` writes them)."""
-        return write_samples(self.result, folder)
+        return write_samples(self.result, folder, overwrite=overwrite)
 
 
 def _check_counts(candidates: int, keep: int) -> None:
@@ -247,7 +247,17 @@ def slugify(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "prompt"
 
 
-def write_samples(result: SampleResult, out_dir: str | os.PathLike, *, info: dict[str, Any] | None = None) -> Path:
+def refuse_to_replace_samples(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Raise unless ``out_dir`` holds no earlier samples (or ``overwrite`` says to replace them)."""
+    existing = Path(out_dir) / "samples.jsonl"
+    if existing.exists() and not overwrite:
+        raise LatentmapError(f"{out_dir} already holds samples ({existing.name}); choose another --out, "
+                             "or pass --overwrite to replace them")
+
+
+def write_samples(
+    result: SampleResult, out_dir: str | os.PathLike, *, info: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Write PNGs, one contact sheet per prompt (with scores), latents (safetensors) and ``samples.jsonl``.
 
     Layout: ``out/<NNN>-<slug>/rank-<k>.png``, ``out/<NNN>-<slug>/sheet.png``,
@@ -256,6 +266,7 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike, *, info: dic
     """
     if result.images is None:
         raise LatentmapError("these samples were made without images (keep_images=False); nothing to write")
+    refuse_to_replace_samples(out_dir, overwrite)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = []

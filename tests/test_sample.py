@@ -210,3 +210,15 @@ def test_cli_sample_image_folder_skips_contact_sheets(pipeline, tmp_path):
                                       "--candidates", "2", "--keep", "1", "--steps", "3", "--quiet", "--json",
                                       "--out", str(tmp_path / "sheet")])
     assert [p["label"] for p in json.loads(result.stdout)["prompts"]] == ["sheet.png"]
+
+
+def test_earlier_samples_are_not_replaced_without_being_asked(pipeline, tmp_path):
+    args = ["sample", "--checkpoint", str(pipeline.checkpoint), "red", "--candidates", "2", "--keep", "1",
+            "--steps", "3", "--quiet", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = (tmp_path / "samples.jsonl").read_text()
+    again = CliRunner().invoke(cli, [*args[:2], str(pipeline.checkpoint), "blue", *args[4:]])
+    assert again.exit_code == 2 and "already holds samples (samples.jsonl)" in again.output and "--overwrite" in again.output
+    assert (tmp_path / "samples.jsonl").read_text() == before
+    replaced = CliRunner().invoke(cli, [*args[:2], str(pipeline.checkpoint), "blue", *args[4:], "--overwrite"])
+    assert replaced.exit_code == 0 and '"prompt": "blue"' in (tmp_path / "samples.jsonl").read_text()

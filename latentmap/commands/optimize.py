@@ -35,10 +35,11 @@ from latentmap.errors import LatentmapError
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per forward/backward pass.")
 @click.option("--out", type=click.Path(file_okay=False), default="optimized", show_default=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the samples an earlier run left in --out.")
 @quiet_option
 def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: str | None,
             encoder_name: str | None, init: str, opt_steps: int, lr: float, per_layer: bool, init_noise: float,
-            candidates: int, keep: int, seed: int, batch_size: int, out: str, quiet: bool, **kwargs: Any) -> None:
+            candidates: int, keep: int, seed: int, batch_size: int, out: str, overwrite: bool, quiet: bool, **kwargs: Any) -> None:
     """Optimise latents so the rendered image's CLIP score for each prompt is as high as possible.
 
     \b
@@ -49,8 +50,9 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     from latentmap.optimize import OptimizeSettings, optimize
     from latentmap.config import parse_pairs, plural
     from latentmap.options import resolve_device
-    from latentmap.sample import write_samples
+    from latentmap.sample import refuse_to_replace_samples, write_samples
 
+    refuse_to_replace_samples(out, overwrite)  # before the optimisation, not after
     texts = gather_prompts(prompts, prompts_file)
     if not texts:
         raise LatentmapError("no prompts given: pass prompts or --prompts-file")
@@ -74,7 +76,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     settings = OptimizeSettings(steps=opt_steps, lr=lr, init=init, per_layer=per_layer, init_noise=init_noise)
     result = optimize(generator, encoder, texts, settings=settings, candidates=candidates, keep=keep, seed=seed,
                       pipeline=pipeline, sampler=sampler, batch_size=batch_size, progress=not quiet)
-    jsonl = write_samples(result, out, info={"checkpoint": pipeline.checkpoint if pipeline else None,
+    jsonl = write_samples(result, out, overwrite=overwrite, info={"checkpoint": pipeline.checkpoint if pipeline else None,
                                              "generator": generator.identity()["name"],
                                              "encoder": encoder.identity()["name"]})
     for label, scores in zip(result.labels, result.scores.tolist()):

@@ -62,7 +62,7 @@ def sample_recipe_prompts(recipe, *, progress: bool = True) -> Path:
     result = sample(pipeline, prompts, candidates=recipe.sample.candidates, keep=recipe.sample.keep,
                     settings=settings, seed=recipe.train.seed, progress=progress)
     out = Path(recipe.sample.out) if recipe.sample.out is not None else Path(recipe.train.out) / "samples"
-    jsonl = write_samples(result, out, info={"checkpoint": str(checkpoint)})
+    jsonl = write_samples(result, out, overwrite=True, info={"checkpoint": str(checkpoint)})  # the run's own folder
     click.echo(f"samples of {checkpoint} (best {recipe.sample.keep} of {recipe.sample.candidates} by CLIP score):")
     for p, prompt in enumerate(result.labels):
         scores = ", ".join(f"{float(s):.3f}" for s in result.scores[p])

@@ -34,11 +34,12 @@ from latentmap.errors import LatentmapError
 @click.option("--mix-seed", type=int, default=None, help="Seed of the random latents for --mix-layers [--seed].")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images rendered and scored at once.")
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the samples an earlier run left in --out.")
 @quiet_option
 @json_option
 def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tuple[str, ...],
             candidates: int | None, keep: int | None, seed: int, mix_layers: str | None, mix_seed: int | None,
-            batch_size: int, out: str, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+            batch_size: int, out: str, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Sample images for PROMPTS with a trained prior, keep the best by CLIP score.
 
     \b
@@ -51,8 +52,9 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     from latentmap.config import plural
     from latentmap.images import image_files, load_images
     from latentmap.recipe import SampleSection
-    from latentmap.sample import sample, write_samples
+    from latentmap.sample import refuse_to_replace_samples, sample, write_samples
 
+    refuse_to_replace_samples(out, overwrite)  # before minutes of sampling, not after
     texts = gather_prompts(prompts, prompts_file)
     if not texts and not image_paths:
         raise LatentmapError("no prompts given: pass prompts, --prompts-file or --image")
@@ -71,7 +73,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     result = sample(pipeline, texts or None, images=images, image_labels=labels, candidates=candidates, keep=keep,
                     settings=settings, seed=seed, mix_layers=mix_layers, mix_seed=mix_seed, batch_size=batch_size,
                     progress=not quiet)
-    jsonl = write_samples(result, out, info={"checkpoint": pipeline.checkpoint})
+    jsonl = write_samples(result, out, overwrite=overwrite, info={"checkpoint": pipeline.checkpoint})
     count = result.latents.shape[0] * result.latents.shape[1]
     if as_json:
         echo_json({
