@@ -9,8 +9,8 @@ other generator weights produces garbage silently, so a mismatch is refused unle
 
 from __future__ import annotations
 
-import math
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -28,7 +28,7 @@ from latentmap.errors import LatentmapError
 from latentmap.identity import differences
 from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
 from latentmap.options import resolve_device
-from latentmap.recipe import MOVED_SAMPLING_KEYS
+from latentmap.recipe import MOVED_SAMPLING_KEYS, SampleSection
 
 if TYPE_CHECKING:
     from latentmap.sample import Generation
@@ -66,17 +66,24 @@ class Pipeline:
     def space(self) -> LatentSpace:
         return self.generator.space
 
+    def recipe_sample(self) -> dict[str, Any]:
+        """The checkpoint recipe's ``sample`` section as stored, with ``SampleSection``'s defaults for the
+        candidate count, kept count and truncation it lacks (an imported or older checkpoint)."""
+        stored = (self.metadata.get("recipe") or {}).get("sample") or {}
+        defaults = SampleSection()
+        return {"candidates": defaults.candidates, "keep": defaults.keep, "truncation": defaults.truncation, **stored}
+
     def defaults(self) -> SamplerSettings:
         """The sampling settings of the checkpoint's recipe (``sample.sampling``, ``sample.truncation``),
         else the prior's declared defaults."""
-        section = (self.metadata.get("recipe") or {}).get("sample") or {}
+        section = self.recipe_sample()
         sampling = section.get("sampling")
         if not isinstance(sampling, dict):  # recipes stored before sampling settings had their own key
             sampling = {k: section[k] for k in MOVED_SAMPLING_KEYS if k in section}
         declared = {f.name for f in fields(self.prior.Sampling)}
         base = self.prior.sampling(where=f"checkpoint {self.checkpoint}",
                                    **{k: v for k, v in sampling.items() if k in declared})
-        return SamplerSettings(base, float(section.get("truncation", 1.0)))
+        return SamplerSettings(base, float(section["truncation"]))
 
     def settings(self, base: SamplerSettings | None = None, *, truncation: float | None = None,
                  where: str = "sampling settings", **changes: Any) -> SamplerSettings:
@@ -105,10 +112,9 @@ class Pipeline:
         ``candidates`` (default: the checkpoint recipe's, at least ``n``) are kept by CLIP score.
         Other keywords are sampling settings (``steps=10``, ``guidance=2.0``, ``truncation=0.7``).
         """
-        from latentmap.sample import Generation, SampleResult, sample  # noqa: F401  (sample imports this module)
+        from latentmap.sample import Generation, sample  # (latentmap.sample imports this module)
 
-        recipe_candidates = int(((self.metadata.get("recipe") or {}).get("sample") or {}).get("candidates", 16))
-        candidates = candidates if candidates is not None else max(n, recipe_candidates)
+        candidates = candidates if candidates is not None else max(n, int(self.recipe_sample()["candidates"]))
         chosen = self.settings(**settings) if settings else self.defaults()
         images = labels = None
         if image is not None:
@@ -174,33 +180,24 @@ class Pipeline:
 
     def sample_latents(self, cond: Tensor, settings: SamplerSettings, *, seed: int, shared_noise: bool = False,
                        progress: bool = False) -> Tensor:
-        """One batched prior call: latents (N, tokens, dim) for conditions (N, D), deterministic in ``seed``.
+        """Latents (N, tokens, dim) for conditions (N, D) in one batched prior call, deterministic in ``seed``.
 
         The noise comes from a CPU ``torch.Generator`` so a seed gives the same draws on any device.
-        With ``shared_noise`` every row gets the noise a one-row call with ``seed`` gets (interpolation).
+        With ``shared_noise`` every row gets the noise a one-row call with ``seed`` gets (interpolation):
+        one call a row, which needs nothing of a prior beyond the contract.
         ``progress`` shows a bar of the denoising steps on stderr, for priors whose ``sample`` takes a ``callback``.
         """
-        rng = torch.Generator().manual_seed(int(seed))
-        if shared_noise:
-            latents = self._sample_shared_noise(cond.to(self.device), settings.sampling, rng, seed)
+        if shared_noise:  # every row drawn as a one-row call with ``seed`` is: works for any prior
+            rows = cond.to(self.device)
+            latents = torch.cat([self.prior.sample(row[None], settings.sampling,
+                                                   generator=torch.Generator().manual_seed(int(seed))) for row in rows])
         else:
+            rng = torch.Generator().manual_seed(int(seed))
             with denoising_progress(self.prior, enabled=progress) as extra:
                 latents = self.prior.sample(cond.to(self.device), settings.sampling, generator=rng, **extra)
         if settings.truncation == 1.0:
             return latents
         return truncate(latents, self.prior.latent_mean, settings.truncation)
-
-    def _sample_shared_noise(self, cond: Tensor, sampling: Any, rng: torch.Generator, seed: int) -> Tensor:
-        """Every row sampled from the same noise: one batched call for the diffusion prior (its ``noise``
-        hook repeats one row's draws), one call per row with the same seed for other priors."""
-        from latentmap.prior.diffusion import DiffusionPrior
-        from latentmap.prior.samplers import RandomNoise
-
-        if isinstance(self.prior, DiffusionPrior):
-            draws = RandomNoise(rng, self.device)
-            return self.prior.sample(cond, sampling, noise=lambda shape: draws((1, *shape[1:])).expand(shape).clone())
-        rows = [self.prior.sample(row[None], sampling, generator=torch.Generator().manual_seed(int(seed))) for row in cond]
-        return torch.cat(rows)
 
     def render(self, latents: Tensor, *, batch_size: int = 16, to_cpu: bool = True) -> Tensor:
         """Images (N, 3, H, W) in [-1, 1] for latents (N, tokens|layers, dim), in chunks.

@@ -51,7 +51,6 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     """
     from latentmap.config import plural
     from latentmap.images import image_files, load_images
-    from latentmap.recipe import SampleSection
     from latentmap.sample import refuse_to_replace_samples, sample, write_samples
 
     refuse_to_replace_samples(out, overwrite)  # before minutes of sampling, not after
@@ -62,10 +61,9 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
         raise LatentmapError("give text prompts or --image prompts, not both")
     pipeline = build_pipeline(kwargs)
     settings = settings_from(pipeline, kwargs)
-    recipe_sample = (pipeline.metadata.get("recipe") or {}).get("sample") or {}
-    defaults = SampleSection()
-    candidates = candidates if candidates is not None else int(recipe_sample.get("candidates", defaults.candidates))
-    keep = keep if keep is not None else min(int(recipe_sample.get("keep", defaults.keep)), candidates)
+    recipe_sample = pipeline.recipe_sample()
+    candidates = candidates if candidates is not None else int(recipe_sample["candidates"])
+    keep = keep if keep is not None else min(int(recipe_sample["keep"]), candidates)
     images = labels = None
     if image_paths:
         files = image_files(image_paths)
