@@ -81,6 +81,8 @@ class Position:
     batch: int = 0
     best_score: float = -math.inf
     best_step: int = -1
+    window_loss: float = 0.0  # sum of the losses since the last metrics line (averaged over ranks)
+    window_steps: int = 0  # steps since the last metrics line: a resume continues the same window
 
 
 @dataclass
@@ -162,6 +164,7 @@ class Trainer:
             "batch": p.batch,
             "best_score": p.best_score if math.isfinite(p.best_score) else None,
             "best_step": p.best_step,
+            "loss_window": {"loss_sum": p.window_loss, "steps": p.window_steps},
             "ema": self.ema.state_info(),
             "optimizer": opt_info,
             "rng": rng_info,
@@ -176,12 +179,15 @@ class Trainer:
         optimizer_from_state(self.optimizer, split_prefix(tensors, "optim"), info["optimizer"])
         rng_from_state(split_prefix(tensors, "rng"), info["rng"])
         best = info.get("best_score")
+        window = info.get("loss_window", {"loss_sum": 0.0, "steps": 0})  # absent in states before 2026-11-30
         self.position = Position(
             step=int(info["step"]),
             epoch=int(info["epoch"]),
             batch=int(info["batch"]),
             best_score=-math.inf if best is None else float(best),
             best_step=int(info.get("best_step", -1)),
+            window_loss=float(window["loss_sum"]),
+            window_steps=int(window["steps"]),
         )
 
     def save_checkpoint(self) -> Path | None:
@@ -240,7 +246,7 @@ class Trainer:
             total=s.steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not (s.progress and world.is_main),
         )
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window_start = time.perf_counter()
         last_loss = last_logged = math.nan
         stream = self._batch_stream()
         try:
@@ -250,26 +256,28 @@ class Trainer:
                     last_loss, _ = self.train_step(latents, embeds)
                 except DivergedError as exc:
                     raise self._diverged(str(exc)) from None
-                window_loss += last_loss
-                window_steps += 1
+                p.window_loss += last_loss
+                p.window_steps += 1
                 bar.update(1)
                 if p.step % s.log_every == 0 or p.step == s.steps:
                     elapsed = time.perf_counter() - window_start
-                    mean_loss = float(world.mean_across(torch.tensor(window_loss / window_steps, device=world.device)))
+                    mean_loss = float(world.mean_across(torch.tensor(p.window_loss / p.window_steps, device=world.device)))
                     last_logged = mean_loss
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     if self.metrics is not None:
                         self.metrics.log(p.step, {
                             "loss": mean_loss,
                             "lr": self.optimizer.param_groups[0]["lr"],
-                            "steps_per_s": window_steps / max(elapsed, 1e-9),
+                            "steps_per_s": p.window_steps / max(elapsed, 1e-9),
                             "ema_decay": self.ema.decay(),
                         })
-                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                    p.window_loss, p.window_steps, window_start = 0.0, 0, time.perf_counter()
                 pause_start = time.perf_counter()
                 if p.step % s.validate_every == 0 or p.step == s.steps:
                     self._validate(bar)
                 if p.step % s.checkpoint_every == 0 or p.step == s.steps:
+                    if p.window_steps and world.distributed:  # the state carries one open window for every rank
+                        p.window_loss = float(world.mean_across(torch.tensor(p.window_loss, dtype=torch.float64, device=world.device)))
                     self.save_checkpoint()
                     world.barrier()
                 window_start += time.perf_counter() - pause_start  # steps/s measures training only
