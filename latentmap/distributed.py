@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -53,8 +54,18 @@ class World:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group if this world created it."""
+        """Leave the process group if this world created it.
+
+        On a normal exit every rank first meets the others at a barrier, so that no process tears
+        down its connections (and exits) while another is still finishing its last collective with
+        it; gloo's threads in the slower process then die unjoined ("terminate called without an
+        active exception", exit 1 after a correct build). While an exception propagates (called
+        from a ``finally``) there is no barrier: the other ranks may never arrive, and torchrun stops
+        them when this process dies.
+        """
         if self.owns_group and dist.is_initialized():
+            if sys.exc_info()[0] is None:
+                dist.barrier()
             dist.destroy_process_group()
         self.owns_group = False
 

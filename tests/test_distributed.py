@@ -57,6 +57,28 @@ def test_under_torchrun_variables_it_joins_gloo_on_the_cpu_with_the_long_timeout
     assert not main_process()
 
 
+def test_closing_meets_the_other_ranks_first_unless_an_exception_is_on_its_way(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    World(rank=1, size=2, owns_group=True).close()
+    assert calls == ["barrier", "destroy"]
+
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        world = World(rank=1, size=2, owns_group=True)
+        try:
+            raise RuntimeError("a model error on this rank")
+        finally:
+            world.close()
+    assert calls == ["destroy"]  # the others may never reach a barrier
+
+    calls.clear()
+    World(rank=1, size=2, owns_group=False).close()  # a caller's group is left open
+    assert calls == []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
