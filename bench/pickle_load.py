@@ -7,6 +7,15 @@ tests use (``tests/stylegan_pickles.py``); D has config F's discriminator tensor
 the peak resident memory (``ru_maxrss``) of each, and the peak above what the imports alone take.
 ``--loader FILE`` times another copy of ``pickle_loader.py`` (e.g. an older revision) instead.
 
+Against NVIDIA's own loader (the peer): ``make-nvidia`` builds config F's G, D and G_ema with NVIDIA's
+own classes and pickles them with NVIDIA's persistence (so the file is what NVIDIA's training writes,
+source code embedded), under the peers' virtualenv (``bash bench/peers/setup.sh``), and ``compare``
+loads that file alternately with latentmap's safe loader and with NVIDIA's ``legacy.load_network_pkl``
+(which imports the embedded source: run it only on files you made), each in a fresh subprocess, and
+reports the medians and their ratios.
+
+    bench/.peers/bin/python bench/pickle_load.py make-nvidia /tmp/configf-nvidia.pkl
+    python bench/pickle_load.py compare /tmp/configf-nvidia.pkl --runs 5
     python bench/pickle_load.py make /tmp/configf.pkl
     python bench/pickle_load.py load /tmp/configf.pkl --runs 5
     git show HEAD~1:plugins/latentmap_stylegan/pickle_loader.py > /tmp/old_loader.py
@@ -46,6 +55,88 @@ params = sum(t.numel() for t in loaded.network.state_dict().values())
 print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "above_imports_mb": (peak - before) / 1024,
                   "elements": params}))
 """
+
+# NVIDIA's loader, as its own scripts call it: the whole pickle, then the network used for sampling.
+NVIDIA_CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+import legacy, dnnlib
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with dnnlib.util.open_url(sys.argv[1]) as f:
+    network = legacy.load_network_pkl(f)["G_ema"]
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+params = sum(t.numel() for t in network.state_dict().values())
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "above_imports_mb": (peak - before) / 1024,
+                  "elements": params}))
+"""
+
+PEER_PYTHON = REPO / "bench" / ".peers" / "bin" / "python"
+
+
+def nvidia_code_folder() -> Path:
+    """NVIDIA's StyleGAN code as bundled in the clip2latent wheel of the peers' virtualenv."""
+    found = subprocess.run([str(PEER_PYTHON), "-c", "import clip2latent; print(list(clip2latent.__path__)[0])"],
+                           capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        raise SystemExit(f"no peers' virtualenv at {PEER_PYTHON}: run `bash bench/peers/setup.sh` first")
+    return Path(found.stdout.strip()) / "stylegan3"
+
+
+def make_nvidia(path: Path) -> None:
+    """Config F (1024 px) G, D, G_ema from NVIDIA's classes with random weights, pickled as its training does."""
+    import pickle
+
+    import torch
+
+    sys.path.insert(0, str(Path(list(__import__("clip2latent").__path__)[0]) / "stylegan3"))
+    import dnnlib  # noqa: F401  (NVIDIA's; needed by its persistence)
+    from training import networks_stylegan2
+
+    torch.manual_seed(0)
+    synthesis = dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256)
+    G = networks_stylegan2.Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3,
+                                     mapping_kwargs={"num_layers": 8}, **synthesis).eval().requires_grad_(False)
+    D = networks_stylegan2.Discriminator(c_dim=0, img_resolution=1024, img_channels=3, **synthesis).eval().requires_grad_(False)
+    G_ema = networks_stylegan2.Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3,
+                                         mapping_kwargs={"num_layers": 8}, **synthesis).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    with open(path, "wb") as f:
+        pickle.dump({"G": G, "D": D, "G_ema": G_ema, "augment_pipe": None, "training_set_kwargs": None}, f)
+    print(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MiB (NVIDIA's classes, random weights)")
+
+
+def compare(path: Path, runs: int) -> None:
+    """latentmap's loader and NVIDIA's on one file, alternating, fresh processes; medians and ratios."""
+    import os
+
+    folder = str(nvidia_code_folder())
+    load_average = os.getloadavg()
+    children = {
+        "latentmap": [sys.executable, "-c", CHILD, str(path), ""],
+        "nvidia": [str(PEER_PYTHON), "-c", NVIDIA_CHILD, str(path), folder],
+    }
+    results: dict[str, list[dict]] = {name: [] for name in children}
+    for _ in range(runs + 1):  # the first round warms the page cache and is dropped
+        for name, command in children.items():
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: " + (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1])
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    summary = {name: {key: statistics.median(r[key] for r in rows[1:]) for key in ("seconds", "peak_mb", "above_imports_mb")}
+               for name, rows in results.items()}
+    for name, values in summary.items():
+        print(f"{name:9s}: {values['seconds']:.3f} s, peak {values['peak_mb']:.0f} MB "
+              f"({values['above_imports_mb']:.0f} MB above its imports)")
+    ours, theirs = summary["latentmap"], summary["nvidia"]
+    print(f"latentmap / NVIDIA: time {ours['seconds'] / theirs['seconds']:.2f}x, "
+          f"memory above imports {ours['above_imports_mb'] / theirs['above_imports_mb']:.2f}x; "
+          f"same elements: {results['latentmap'][0]['elements'] == results['nvidia'][0]['elements']}; "
+          f"file {path.stat().st_size / 2**20:.1f} MiB; {runs} runs; load average before {load_average[0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}")
 
 
 def discriminator_config_f(resolution: int = 1024, img_channels: int = 3):
@@ -145,9 +236,18 @@ def main() -> None:
     load_parser.add_argument("path", type=Path)
     load_parser.add_argument("--runs", type=int, default=5)
     load_parser.add_argument("--loader", default="", help="another pickle_loader.py to time instead")
+    nvidia_parser = sub.add_parser("make-nvidia", help="write config F with NVIDIA's classes (peers' python)")
+    nvidia_parser.add_argument("path", type=Path)
+    compare_parser = sub.add_parser("compare", help="latentmap's loader against NVIDIA's, alternating")
+    compare_parser.add_argument("path", type=Path)
+    compare_parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     if args.what == "make":
         make(args.path, args.protocol)
+    elif args.what == "make-nvidia":
+        make_nvidia(args.path)
+    elif args.what == "compare":
+        compare(args.path, args.runs)
     else:
         load(args.path, args.runs, args.loader)
 

@@ -22,10 +22,10 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --no-build-isolation youtokentome
 "${pip[@]}" --no-deps -e "$here"
 "$venv/bin/python" - <<'PY'
-import dalle2_pytorch, clip2latent.models, latentmap
+import dalle2_pytorch, clip2latent, clip2latent.models, latentmap
 from dalle2_pytorch.train import DiffusionPriorTrainer  # noqa: F401
 import os, sys
-sys.path.insert(0, os.path.join(os.path.dirname(clip2latent.models.__file__), 'stylegan3'))
+sys.path.insert(0, os.path.join(list(clip2latent.__path__)[0], "stylegan3"))
 import legacy, dnnlib  # noqa: F401  (NVIDIA's StyleGAN code, bundled in the clip2latent wheel)
 PY
 echo "$venv/bin/python"
