@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "import_clip2latent",
     "interpolate",
     "export_hub",
+    "demo",
 ]
 
 
