@@ -33,7 +33,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
 # The world's other modules need torch: their names are imported on first use, so loading the plugin
 # (``latentmap --help`` lists plugins' commands) stays light.
 _LAZY = {
-    "describe": "captions", "describe_batch": "captions", "read_prompt": "captions",
+    "describe": "captions", "describe_batch": "captions", "read_prompt": "reading",
     "ShapesGenerator": "generator",
     "SPACE": "layout", "decision_margins": "layout", "decode_attributes": "layout", "latents_with_attributes": "layout",
     "RENDERER_VERSION": "renderer",

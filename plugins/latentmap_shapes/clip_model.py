@@ -34,7 +34,7 @@ def default_config() -> dict[str, Any]:
     return {
         "embed_dim": 64,
         "vision": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 64, "image_size": IMAGE_SIZE},
-        "text": {"context_length": 18, "width": 64, "heads": 4, "layers": 2},
+        "text": {"context_length": 24, "width": 64, "heads": 4, "layers": 2},
         "words": caption_words(),
     }
 

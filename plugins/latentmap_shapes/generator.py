@@ -9,7 +9,7 @@ from torch import Tensor
 
 from latentmap import Generator, LatentmapError
 from latentmap_shapes import DEFAULT_RESOLUTION, MAX_RESOLUTION, MIN_RESOLUTION
-from latentmap_shapes.captions import read_prompt
+from latentmap_shapes.reading import read_prompt
 from latentmap_shapes.layout import (
     DIM,
     SPACE,
@@ -58,7 +58,7 @@ class ShapesGenerator(Generator):
         return decode_attributes(latents)
 
     def prompt_attributes(self, prompt: str) -> dict[str, int]:
-        """The classes a prompt asks for (see :func:`latentmap_shapes.captions.read_prompt`), for eval's accuracy."""
+        """The classes a prompt asks for (see :func:`latentmap_shapes.reading.read_prompt`), for eval's accuracy."""
         return read_prompt(prompt)
 
     def identity(self) -> dict[str, Any]:

@@ -40,6 +40,18 @@ BACKGROUND_RGB: tuple[tuple[float, float, float], ...] = (
     (0.92, 0.92, 0.90),  # light
 )
 
+# The words that name each class, for the caption grammar (captions.py) and the prompt reader
+# (reading.py); the first is the class name itself. There is no "medium": the world has two sizes.
+SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
+COLOUR_WORDS: dict[str, tuple[str, ...]] = {name: (name,) for name in COLOURS} | {"grey": ("grey", "gray")}
+SHAPE_PLURALS: dict[str, str] = {name: name + "s" for name in SHAPES}
+# A background is named by dark/light/black/white next to "background", or "on black" / "on white".
+BACKGROUND_WORDS: dict[str, tuple[str, ...]] = {"dark": ("dark", "black"), "light": ("light", "white")}
+# Positions: a row word and/or a column word; a centre word names the middle of whichever is not given.
+ROW_WORDS: dict[str, tuple[str, ...]] = {"top": ("top", "upper"), "bottom": ("bottom", "lower")}
+COLUMN_WORDS: dict[str, tuple[str, ...]] = {"left": ("left",), "right": ("right",)}
+CENTRE_WORDS: tuple[str, ...] = ("center", "centre", "middle", "centered", "centred")
+
 VOCABULARY: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "colour": COLOURS,
