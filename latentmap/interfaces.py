@@ -138,6 +138,12 @@ class Encoder(ABC):
 
     Embeddings are returned raw unless ``normalize=True`` asks for unit L2 norm: the paper's prior
     was trained on raw CLIP embeddings, scores use normalised ones.
+
+    Optional: an encoder with a closed vocabulary (a word-level tokenizer, like the shapes world's
+    tiny CLIP) may define ``unknown_words(prompt: str) -> list[str]``, the words of ``prompt`` it
+    reads as an unknown token; every command that embeds a prompt then warns about them (see
+    :func:`warn_unknown_words`). A byte-level BPE tokenizer (open_clip) has no unknown words and
+    need not define it.
     """
 
     name: str = "encoder"
@@ -166,6 +172,40 @@ class Encoder(ABC):
     def to(self, device: torch.device | str) -> "Encoder":
         """Move to ``device``; returns self."""
         return self
+
+
+def unknown_words(encoder: Encoder, prompts: list[str]) -> list[str]:
+    """The words of ``prompts`` that ``encoder`` cannot read, each once, in order of appearance.
+
+    Uses the encoder's optional ``unknown_words(prompt)`` (or that of the encoder it wraps, as
+    ``inner``); an encoder without one reads every word.
+    """
+    method = getattr(encoder, "unknown_words", None) or getattr(getattr(encoder, "inner", None), "unknown_words", None)
+    if method is None:
+        return []
+    return list(dict.fromkeys(word for prompt in prompts for word in method(prompt)))
+
+
+def warn_unknown_words(encoder: Encoder, prompts: list[str], *, already: set[str] | None = None) -> str | None:
+    """Print one ``warning:`` line on stderr naming the words of ``prompts`` the encoder cannot read.
+
+    Such words are silently read as an unknown token, so "a pink hexagon" would sample something
+    unrelated without a word of complaint. Words in ``already`` are not named again (and new ones
+    are added to it), so a command that embeds its prompts in batches warns once per word.
+    Returns the line, or None when there was nothing to say.
+    """
+    import sys
+
+    words = [word for word in unknown_words(encoder, prompts) if already is None or word not in already]
+    if not words:
+        return None
+    if already is not None:
+        already.update(words)
+    name = getattr(encoder, "registry_name", encoder.name)
+    line = (f"warning: encoder {name!r} does not know the word{'s' if len(words) > 1 else ''} "
+            f"{', '.join(repr(word) for word in words)}; it reads them as an unknown token (they say nothing)")
+    print(line, file=sys.stderr)
+    return line
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from latentmap.config import options_dict
 from latentmap.edit import truncate
 from latentmap.errors import LatentmapError
 from latentmap.identity import differences
-from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior
+from latentmap.interfaces import Encoder, Generator, LatentSpace, Prior, warn_unknown_words
 from latentmap.options import resolve_device
 from latentmap.recipe import MOVED_SAMPLING_KEYS, SampleSection
 
@@ -61,6 +61,7 @@ class Pipeline:
     metadata: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    warned_words: set[str] = field(default_factory=set, repr=False)  # unknown prompt words already named
 
     @property
     def space(self) -> LatentSpace:
@@ -170,6 +171,7 @@ class Pipeline:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise LatentmapError("no prompts given: pass at least one prompt or a --prompts-file")
+        warn_unknown_words(self.encoder, prompts, already=self.warned_words)
         with torch.no_grad():
             return self.encoder.embed_text(list(prompts)).float().to(self.device)
 

@@ -119,6 +119,22 @@ def test_eval_reports_attribute_accuracy_on_the_packaged_shapes_prompts(shapes_r
     assert reranked["all"] >= accuracy["all"] - 0.05
 
 
+def test_sample_warns_once_naming_the_words_the_encoder_cannot_read(shapes_run: Path, tmp_path: Path) -> None:
+    """shapes-clip knows a closed word list: "pink" and "hexagon" are not in it, and the user is told."""
+    from latentmap.cli import cli
+
+    argv = ["sample", "--checkpoint", str(shapes_run / "best.safetensors"), "a pink hexagon", "a pink star",
+            "--candidates", "2", "--keep", "1", "--steps", "5", "--device", "cpu", "--out", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "'pink', 'hexagon'" in warnings[0] and "shapes-clip" in warnings[0]
+    known = CliRunner().invoke(cli, [*argv[:3], "a red star", *argv[5:-3], "--out", str(tmp_path / "known"), "--quiet"],
+                               catch_exceptions=False)
+    assert known.exit_code == 0 and "warning:" not in known.stderr, known.stderr
+
+
 def test_the_notebook_snippet_in_the_docs_runs_as_written(shapes_run: Path, tmp_path: Path, monkeypatch) -> None:
     """docs/usage.md's three lines, run as they are written (only the checkpoint path points at this run)."""
     import re

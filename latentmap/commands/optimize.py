@@ -49,6 +49,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
     import latentmap
     from latentmap.optimize import OptimizeSettings, optimize
     from latentmap.config import parse_pairs, plural
+    from latentmap.interfaces import warn_unknown_words
     from latentmap.options import resolve_device
     from latentmap.sample import refuse_to_replace_samples, write_samples
 
@@ -72,6 +73,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, generator_name: 
             generator_name, **parse_pairs(kwargs["generator_options"], flag="--generator-option")).to(device)
         encoder = latentmap.get_encoder(
             encoder_name, **parse_pairs(kwargs["encoder_options"], flag="--encoder-option")).to(device)
+    warn_unknown_words(encoder, texts)
     sampler = settings_from(pipeline, kwargs)
     settings = OptimizeSettings(steps=opt_steps, lr=lr, init=init, per_layer=per_layer, init_noise=init_noise)
     result = optimize(generator, encoder, texts, settings=settings, candidates=candidates, keep=keep, seed=seed,
