@@ -4,7 +4,9 @@ Renders random latents from a fixed seed and, for each attribute, asks which cap
 attribute's classes ("a red shape", "a blue shape", ...) has the highest cosine similarity with
 each image. Also colour x shape among 32 captions, all five attributes among 1152 full captions,
 and the other direction (text -> image): for each colour x shape caption, is the best-scoring
-image one of that colour and shape?
+image one of that colour and shape? With ``--prompts FILE.jsonl`` (a prompt set with known truth,
+e.g. ``bench/prompts/shapes-heldout.jsonl``): per attribute, how often the images retrieved for each
+prompt have the class it names, for its own wordings and for the canonical wording of the same truth.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from latentmap import Encoder
+from latentmap import Encoder, LatentmapError
 from latentmap_shapes.captions import describe
 from latentmap_shapes.generator import ShapesGenerator
 from latentmap_shapes.vocabulary import VOCABULARY
@@ -83,6 +85,69 @@ def zero_shot_report(encoder: Encoder, samples: int = 2048, seed: int = EVAL_SEE
     return report
 
 
+def prompt_set_report(
+    encoder: Encoder, cases: Sequence[tuple[str, Mapping[str, int]]], samples: int = 2048, seed: int = EVAL_SEED,
+    top_k: int = 8,
+) -> dict[str, dict[str, float]]:
+    """Text -> image retrieval accuracy of prompts with known truth, as written and in canonical wording.
+
+    ``cases`` are (prompt, attribute -> class index). For each prompt, the ``top_k`` of ``samples``
+    random images closest to it are retrieved; an attribute's accuracy is the fraction of retrieved
+    images whose class is the one the prompt names (over the prompts naming it), and ``all named``
+    the fraction right in every named attribute. ``"varied"`` uses the prompts as written,
+    ``"canonical"`` the same truths in :func:`describe`'s wording, so the two differ only in wording.
+    """
+    world = ShapesGenerator()
+    latents = world.sample_latents(samples, generator=torch.Generator().manual_seed(seed))
+    truth = world.decode_attributes(latents)
+    with torch.no_grad():
+        images = torch.cat([world.synthesize(chunk) for chunk in latents.split(256)])
+        embeddings = embed_images_in_batches(encoder, images)
+    wordings = {"varied": [text for text, _ in cases], "canonical": [describe(named) for _, named in cases]}
+    report = {}
+    for wording, prompts in wordings.items():
+        with torch.no_grad():
+            text = encoder.embed_text(prompts, normalize=True)
+        retrieved = (text @ embeddings.T).topk(top_k, dim=-1).indices  # (P, k)
+        right: dict[str, list[float]] = {attribute: [] for attribute in (*ATTRIBUTES, "all named")}
+        for (_, named), indices in zip(cases, retrieved):
+            all_right = torch.ones(top_k, dtype=torch.bool)
+            for attribute, target in named.items():
+                hits = truth[attribute][indices] == int(target)
+                right[attribute].append(hits.float().mean().item())
+                all_right &= hits
+            right["all named"].append(all_right.float().mean().item())
+        report[wording] = {key: sum(values) / len(values) for key, values in right.items() if values}
+    return report
+
+
+def read_prompt_cases(path: str, group: str | None = None) -> list[tuple[str, dict[str, int]]]:
+    """(prompt, attribute -> class index) from a JSON-lines prompt set (``bench/prompts/*.jsonl``).
+
+    ``group`` keeps only the lines whose ``"group"`` is that (e.g. ``"colour+shape"``).
+    """
+    from latentmap_shapes.vocabulary import class_index
+
+    cases = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                if group is None or record.get("group") == group:
+                    cases.append((record["prompt"], {k: class_index(k, v) for k, v in record["attributes"].items()}))
+    if not cases:
+        raise LatentmapError(f"{path}: no prompts" + (f" in group {group!r}" if group else ""))
+    return cases
+
+
+def prompt_set_table(report: dict[str, dict[str, float]]) -> str:
+    keys = [key for key in (*ATTRIBUTES, "all named") if key in report["varied"]]
+    lines = ["| wording | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for wording in ("canonical", "varied"):
+        lines.append(f"| {wording} | " + " | ".join(f"{100 * report[wording][key]:.1f}%" for key in keys) + " |")
+    return "\n".join(lines)
+
+
 CHANCE: dict[str, float] = {
     "shape": 1 / 4, "colour": 1 / 8, "position": 1 / 9, "size": 1 / 2, "background": 1 / 2,
     "colour x shape": 1 / 32, "all five": 1 / 1152,
@@ -104,12 +169,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    parser.add_argument("--prompts", default=None,
+                        help="a JSON-lines prompt set (bench/prompts/shapes-heldout.jsonl): report text->image "
+                             "retrieval per attribute for its wordings and for the canonical ones instead")
+    parser.add_argument("--top-k", type=int, default=8, help="images retrieved per prompt with --prompts")
+    parser.add_argument("--group", default=None, help="with --prompts: only this group (colour+shape, 3-5, other)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from latentmap_shapes.encoder import ShapesClipEncoder
 
-    report = zero_shot_report(ShapesClipEncoder(args.weights), samples=args.samples, seed=args.seed)
+    encoder = ShapesClipEncoder(args.weights)
+    if args.prompts:
+        cases = read_prompt_cases(args.prompts, args.group)
+        by_prompt = prompt_set_report(encoder, cases, samples=args.samples, seed=args.seed, top_k=args.top_k)
+        print(json.dumps(by_prompt, indent=2) if args.json else prompt_set_table(by_prompt))
+        return
+    report = zero_shot_report(encoder, samples=args.samples, seed=args.seed)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
 
 
