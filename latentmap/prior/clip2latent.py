@@ -45,31 +45,50 @@ DOUBLE_NORM_PREPROCESS = "clip2latent-double-norm"
 
 TRANSFORMER = "net.causal_transformer."
 _T = re.escape(TRANSFORMER)
-# (DALLE2 key pattern, our key template); "zero" marks a LayerNorm bias buffer that must be zero.
-KEY_RULES: list[tuple[str, str]] = [
-    (r"net\.learned_query", "net.learned_query"),
-    (r"net\.to_time_embeds\.0\.weight", "net.time_embed.weight"),
-    (_T + r"rel_pos_bias\.relative_attention_bias\.weight", "net.rel_pos_bias.weight"),
-    (_T + r"layers\.(\d+)\.0\.null_kv", r"net.layers.\1.attn.null_kv"),
-    (_T + r"layers\.(\d+)\.0\.norm\.gamma", r"net.layers.\1.attn.norm.weight"),
-    (_T + r"layers\.(\d+)\.0\.norm\.beta", "zero"),
-    (_T + r"layers\.(\d+)\.0\.to_q\.weight", r"net.layers.\1.attn.to_q.weight"),
-    (_T + r"layers\.(\d+)\.0\.to_kv\.weight", r"net.layers.\1.attn.to_kv.weight"),
-    (_T + r"layers\.(\d+)\.0\.rotary_emb\.freqs", r"net.layers.\1.attn.rotary_freqs"),
-    (_T + r"layers\.(\d+)\.0\.to_out\.0\.weight", r"net.layers.\1.attn.to_out.weight"),
-    (_T + r"layers\.(\d+)\.0\.to_out\.1\.gamma", r"net.layers.\1.attn.out_norm.weight"),
-    (_T + r"layers\.(\d+)\.0\.to_out\.1\.beta", "zero"),
-    (_T + r"layers\.(\d+)\.1\.0\.gamma", r"net.layers.\1.ff.norm.weight"),
-    (_T + r"layers\.(\d+)\.1\.0\.beta", "zero"),
-    (_T + r"layers\.(\d+)\.1\.1\.weight", r"net.layers.\1.ff.w_in.weight"),
-    (_T + r"layers\.(\d+)\.1\.5\.weight", r"net.layers.\1.ff.w_out.weight"),
-    (_T + r"norm\.gamma", "net.final_norm.weight"),
-    (_T + r"norm\.beta", "zero"),
-    (_T + r"project_out\.weight", "net.project_out.weight"),
-    (r"latent_mean", "latent_mean"),
-    (r"latent_std", "latent_std"),
-] + [(re.escape(name), name) for name in BUFFER_NAMES]
-_COMPILED_RULES = [(re.compile(pattern + r"\Z"), target) for pattern, target in KEY_RULES]
+# The one key table, read in both directions: (DALLE2 key, our key), "{i}" standing for a layer index.
+# Our key None marks a DALLE2 LayerNorm bias: a zero buffer there, absent here (import checks it is zero,
+# export writes zeros).
+KEY_MAP: list[tuple[str, str | None]] = [
+    ("net.learned_query", "net.learned_query"),
+    ("net.to_time_embeds.0.weight", "net.time_embed.weight"),
+    (TRANSFORMER + "rel_pos_bias.relative_attention_bias.weight", "net.rel_pos_bias.weight"),
+    (TRANSFORMER + "layers.{i}.0.null_kv", "net.layers.{i}.attn.null_kv"),
+    (TRANSFORMER + "layers.{i}.0.norm.gamma", "net.layers.{i}.attn.norm.weight"),
+    (TRANSFORMER + "layers.{i}.0.norm.beta", None),
+    (TRANSFORMER + "layers.{i}.0.to_q.weight", "net.layers.{i}.attn.to_q.weight"),
+    (TRANSFORMER + "layers.{i}.0.to_kv.weight", "net.layers.{i}.attn.to_kv.weight"),
+    (TRANSFORMER + "layers.{i}.0.rotary_emb.freqs", "net.layers.{i}.attn.rotary_freqs"),
+    (TRANSFORMER + "layers.{i}.0.to_out.0.weight", "net.layers.{i}.attn.to_out.weight"),
+    (TRANSFORMER + "layers.{i}.0.to_out.1.gamma", "net.layers.{i}.attn.out_norm.weight"),
+    (TRANSFORMER + "layers.{i}.0.to_out.1.beta", None),
+    (TRANSFORMER + "layers.{i}.1.0.gamma", "net.layers.{i}.ff.norm.weight"),
+    (TRANSFORMER + "layers.{i}.1.0.beta", None),
+    (TRANSFORMER + "layers.{i}.1.1.weight", "net.layers.{i}.ff.w_in.weight"),
+    (TRANSFORMER + "layers.{i}.1.5.weight", "net.layers.{i}.ff.w_out.weight"),
+    (TRANSFORMER + "norm.gamma", "net.final_norm.weight"),
+    (TRANSFORMER + "norm.beta", None),
+    (TRANSFORMER + "project_out.weight", "net.project_out.weight"),
+    ("latent_mean", "latent_mean"),
+    ("latent_std", "latent_std"),
+] + [(name, name) for name in BUFFER_NAMES]
+
+
+def _key_pattern(template: str) -> re.Pattern[str]:
+    """A template's exact-match regex, its layer index captured."""
+    return re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + r"\Z")
+
+
+def _key_target(template: str | None) -> str:
+    """The template as a ``match.expand`` replacement ("zero" for a DALLE2 LayerNorm bias)."""
+    return "zero" if template is None else template.replace("{i}", r"\1")
+
+
+# DALLE2 key -> ours ("zero": a LayerNorm bias that must be zero).
+_COMPILED_RULES = [(_key_pattern(theirs), _key_target(ours)) for theirs, ours in KEY_MAP]
+# Ours -> DALLE2 key, for writing a latentmap prior as a DALLE2-pytorch state dict.
+_INVERSE_RULES = [(_key_pattern(ours), _key_target(theirs)) for theirs, ours in KEY_MAP if ours is not None]
+# DALLE2's zero LayerNorm biases of layer-less (None) or per-layer ({i}) keys.
+ZERO_BIAS_KEYS = [theirs for theirs, ours in KEY_MAP if ours is None]
 
 
 # torch.load(weights_only=True) had a published bypass before torch 2.6 (CVE-2025-32434).
@@ -222,6 +241,42 @@ def convert_state_dict(
         if tuple(converted[name].shape) != shape:
             raise LatentmapError(f"weights for {name!r} have shape {tuple(converted[name].shape)}, expected {shape}")
     return converted
+
+
+def dalle2_key(key: str) -> str | None:
+    """The DALLE2-pytorch 0.2.38 key of one of our state-dict keys (None: it has no DALLE2 counterpart)."""
+    for pattern, target in _INVERSE_RULES:
+        match = pattern.match(key)
+        if match:
+            return match.expand(target)
+    return None
+
+
+def dalle2_state_dict(prior: DiffusionPrior, *, latent_stats: bool = False) -> dict[str, Tensor]:
+    """Our prior's weights and buffers under DALLE2-pytorch 0.2.38's keys: the importer's mapping run backwards.
+
+    DALLE2 keeps single-token tensors without the token axis, and zero LayerNorm biases we do not
+    have; both are restored. ``latent_stats`` adds ``latent_mean``/``latent_std`` (clip2latent's
+    ``LatentPrior`` has them, DALLE2's ``DiffusionPrior`` does not). Fails naming any key of ours
+    that has no DALLE2 counterpart (projections of a network whose widths differ, which DALLE2 lacks).
+    """
+    tokens = prior.shape.tokens
+    exported: dict[str, Tensor] = {}
+    for key, value in prior.state_dict().items():
+        if key in ("latent_mean", "latent_std") and not latent_stats:
+            continue
+        target = dalle2_key(key)
+        if target is None:
+            raise LatentmapError(f"{key!r} has no DALLE2-pytorch counterpart (its network has no such weight)")
+        if tokens == 1 and key in ("net.learned_query", "latent_mean", "latent_std"):
+            value = value.reshape(-1)
+        exported[target] = value.detach().clone()
+    dim = prior.options.dim
+    layers = sorted({int(m.group(1)) for k in exported if (m := re.match(_T + r"layers\.(\d+)\.", k))})
+    for template in ZERO_BIAS_KEYS:
+        for name in ([template.format(i=i) for i in layers] if "{i}" in template else [template]):
+            exported[name] = torch.zeros(dim)
+    return exported
 
 
 def prior_from_dalle2_state(
