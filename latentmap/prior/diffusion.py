@@ -8,6 +8,8 @@ in and come out in the generator's own units; internally they are z-normalised w
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,18 @@ from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, mak
 from latentmap.prior.transformer_prior import TransformerPrior, TransformerPriorOptions
 
 OBJECTIVES = ("x0", "noise")
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast around a whole sampling run (weights cast once and reused by every step), or nothing for fp32.
+
+    Matrix products run in bfloat16; LayerNorm, softmax, the residual stream, the final readout and
+    the sampler's arithmetic stay float32.
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -42,6 +56,10 @@ class DiffusionSampling:
     sampler: str = option("dpmpp_2m", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
     guidance: float = option(1.0, help="classifier-free guidance scale (1: conditional prediction only)")
     eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
+    precision: str = option("fp32", choices=PRECISIONS,
+                            help="arithmetic of the network's matrix products while sampling: fp32, or bf16 (autocast: "
+                                 "1.6-1.9x faster on a CPU with avx512_bf16; for CPUs without native bf16 not "
+                                 "advised; samples ~1% (relative RMS) from fp32's; docs/prior.md)")
 
 
 class DiffusionPrior(TransformerPrior):
@@ -150,6 +168,37 @@ class DiffusionPrior(TransformerPrior):
         """The schedule ``sampler`` walks for ``steps`` (None: every timestep), from the stored one."""
         return samplers.SAMPLERS[sampler].schedule(self.schedule(), steps)
 
+    def guided_denoiser(self, cond: Tensor, guidance: float = 1.0, *, cache: bool = True) -> samplers.DenoiseFn:
+        """``(x_t, t) -> x̂_0``: the guided x0 estimate for fixed, prepared conditions (B, cond_dim), as a sampler calls it.
+
+        Conditional and null halves go through the network in one batched pass (only the
+        conditional one at guidance 1). ``cache`` computes the condition token's keys and values
+        once (:meth:`PriorNetwork.condition_cache`): the same prediction within float32 rounding
+        for about three quarters of the work per step.
+        """
+        batch = cond.shape[0]
+        ones = torch.ones(batch, dtype=torch.bool, device=cond.device)
+        keep = ones if guidance == 1.0 else torch.cat((ones, torch.zeros_like(ones)))
+        conds = cond if guidance == 1.0 else torch.cat((cond, cond))
+        if cache:
+            condition = self.net.condition_cache(conds, keep)
+
+            def network(x_t: Tensor, t: Tensor) -> Tensor:
+                return self.net(x_t, t, conds, keep, condition)
+        else:
+
+            def network(x_t: Tensor, t: Tensor) -> Tensor:
+                return self.net(x_t, t, conds, keep)
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            t = self._timestep_tensor(t, x_t.shape[0], x_t.device)
+            if guidance == 1.0:
+                return self.predict_x0(x_t, t, network(x_t, t))
+            conditional, null = network(torch.cat((x_t, x_t)), torch.cat((t, t))).chunk(2, dim=0)
+            return self.predict_x0(x_t, t, null + (conditional - null) * guidance)
+
+        return denoise
+
     @torch.no_grad()
     def sample(
         self,
@@ -163,8 +212,8 @@ class DiffusionPrior(TransformerPrior):
         """Latents (B, tokens, latent_dim) in generator units for conditions (B, cond_dim).
 
         ``settings`` (default: :class:`DiffusionSampling`'s) pick the sampler from
-        :data:`~latentmap.prior.samplers.SAMPLERS`, the respaced step count and the guidance scale.
-        ``noise`` replaces the random draws (e.g. :class:`~latentmap.prior.samplers.RecordedNoise`).
+        :data:`~latentmap.prior.samplers.SAMPLERS`, the respaced step count, the guidance scale and
+        the precision. ``noise`` replaces the random draws (e.g. :class:`~latentmap.prior.samplers.RecordedNoise`).
         """
         settings = settings if settings is not None else self.sampling()
         self.check_guidance(settings.guidance)
@@ -172,12 +221,11 @@ class DiffusionPrior(TransformerPrior):
         schedule = self.sampling_schedule(settings.sampler, settings.steps)
         noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
         x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)
-
-        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            return self.predict_x0(x_t, t, self.guided_output(x_t, t, cond, guidance=settings.guidance))
-
         walk = samplers.SAMPLERS[settings.sampler].walk
-        return self.denormalize_latents(walk(denoise, x, schedule, noise=noise, eta=settings.eta, callback=callback))
+        with precision_context(settings.precision, self.latent_mean.device):
+            denoise = self.guided_denoiser(cond, settings.guidance)
+            x = walk(denoise, x, schedule, noise=noise, eta=settings.eta, callback=callback)
+        return self.denormalize_latents(x)
 
     def extra_repr(self) -> str:
         s = self.shape

@@ -12,6 +12,7 @@ Parameter names are our own; :mod:`latentmap.prior.clip2latent` maps DALLE2's on
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,25 +82,45 @@ class Attention(nn.Module):
         # Persistent so an imported checkpoint keeps its stored (EMA-drifted) frequencies.
         self.register_buffer("rotary_freqs", rotary_frequencies(dim_head))
 
-    def forward(self, x: Tensor, bias: Tensor, last: int | None = None) -> Tensor:
-        """x (B, n, dim); bias (B or 1, heads, n, n+1) additive logits, masks already folded in.
+    def keys_values(self, h: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """The shared key (rotated, positions ``offset …``) and value of normalised tokens h (B, n, dim).
+
+        Each (B, n, dim_head).
+        """
+        k, v = self.to_kv(h).chunk(2, dim=-1)
+        return apply_rotary(k, self.rotary_freqs, offset=offset), v
+
+    def forward(
+        self, x: Tensor, bias: Tensor, last: int | None = None, past: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """x (B, n, dim); bias (B or 1, heads, n, 1 + p + n) additive logits, masks already folded in.
 
         ``last=k`` computes the output only for the last k tokens (they still attend to all).
+        ``past`` = (keys, values), each (B, p, dim_head): p tokens before x's (already rotated, as
+        :meth:`keys_values` gives them), so x's tokens sit at positions p … p + n − 1.
         """
         n = x.shape[1]
+        p = 0 if past is None else past[0].shape[1]
         last = n if last is None else last
         h = self.norm(x)
         q = rearrange(self.to_q(h[:, n - last :]), "b n (h d) -> b h n d", h=self.heads) * self.dim_head**-0.5
-        k, v = self.to_kv(h).chunk(2, dim=-1)
-        q = apply_rotary(q, self.rotary_freqs, offset=n - last)
+        q = apply_rotary(q, self.rotary_freqs, offset=p + n - last)
         bias = bias[:, :, n - last :]
-        k = apply_rotary(k, self.rotary_freqs)
-        null_k, null_v = (repeat(t, "d -> b 1 d", b=x.shape[0]) for t in self.null_kv.unbind(dim=0))
-        k = torch.cat((null_k, k), dim=1)[:, None]
-        v = torch.cat((null_v, v), dim=1)[:, None]
-        out = F.scaled_dot_product_attention(
-            q, k.expand(-1, self.heads, -1, -1), v.expand(-1, self.heads, -1, -1), attn_mask=bias, scale=1.0
-        )
+        k, v = self.keys_values(h, offset=p)
+        null_k, null_v = (repeat(t, "d -> b 1 d", b=x.shape[0]).to(k.dtype) for t in self.null_kv.unbind(dim=0))
+        before_k, before_v = (null_k,), (null_v,)
+        if past is not None:
+            before_k, before_v = (null_k, past[0].to(k.dtype)), (null_v, past[1].to(v.dtype))
+        k = torch.cat((*before_k, k), dim=1)[:, None]
+        v = torch.cat((*before_v, v), dim=1)[:, None]
+        k, v = k.expand(-1, self.heads, -1, -1), v.expand(-1, self.heads, -1, -1)
+        if torch.is_autocast_enabled(x.device.type):
+            # A handful of tokens: the attention itself is a sliver of the work, and in float32 it is
+            # both more accurate and (on CPUs) faster than the bfloat16 kernel.
+            with torch.autocast(x.device.type, enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float(), scale=1.0)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         return self.out_norm(self.to_out(rearrange(out, "b h n d -> b n (h d)")))
 
 
@@ -125,10 +146,12 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, dim_head)
         self.ff = FeedForward(dim, ff_mult)
 
-    def forward(self, x: Tensor, bias: Tensor, last: int | None = None) -> Tensor:
-        """The block's output for all tokens, or for the last ``last`` tokens only."""
+    def forward(
+        self, x: Tensor, bias: Tensor, last: int | None = None, past: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """The block's output for all tokens, or for the last ``last`` tokens only (``past``: see :class:`Attention`)."""
         rows = x if last is None else x[:, -last:]
-        rows = self.attn(x, bias, last) + rows
+        rows = self.attn(x, bias, last, past) + rows
         return self.ff(rows) + rows
 
 
@@ -195,11 +218,77 @@ class PriorNetwork(nn.Module):
             dim=1,
         )
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, keep: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, keep: Tensor, cache: ConditionCache | None = None) -> Tensor:
+        """The prediction (B, tokens, latent_dim); with ``cache`` (made by :meth:`condition_cache` from
+        these ``cond`` and ``keep``) the condition token's work is taken from it."""
+        if cache is not None:
+            return self.forward_cached(x_t, t, cache)
         x = self.tokens_in(x_t, t, cond)
         bias = self.attention_bias(keep)
         # Only the learned queries are read out, so the last layer computes just their rows.
         for i, layer in enumerate(self.layers):
             x = layer(x, bias, last=self.tokens if i == len(self.layers) - 1 else None)
-        out = self.project_out(self.final_norm(x))
-        return self.latent_out(out[:, -self.tokens :])
+        return self.readout(x)
+
+    def readout(self, x: Tensor) -> Tensor:
+        """The prediction from the final hidden states (the last ``tokens`` rows), in float32 even under autocast.
+
+        The final LayerNorm and projection are a small share of the work; keeping them in float32
+        keeps a bf16 pass from rounding its output to bf16's 8 bits.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.project_out(self.final_norm(x[:, -self.tokens :].float()))
+            return self.latent_out(out)
+
+    # --------------------------------------------------------------- sampling with a fixed condition
+    # With causal attention the condition token (position 0) sees only the null slot and itself, so its
+    # activations in every layer depend on the condition alone, never on the timestep or the noised
+    # latent. A sampler calls the network many times with the same conditions: their keys and values
+    # are computed once (:meth:`condition_cache`) and each step runs only the other 1 + 2·tokens tokens.
+    def condition_cache(self, cond: Tensor, keep: Tensor) -> ConditionCache:
+        """Every layer's key and value of the condition token, for conditions (B, cond_dim) and keep mask (B,).
+
+        Where ``keep`` is False the condition is invisible to every token, so its keys are never
+        attended to (zeros stand in, and are not computed).
+        """
+        bias = self.attention_bias(keep)[:, :, :1, :2]  # the condition token: null slot and itself
+        kept = keep.nonzero().squeeze(1)
+        x = self.cond_in(cond[kept])[:, None]
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            k, v = layer.attn.keys_values(layer.attn.norm(x))
+            keys.append(k)
+            values.append(v)
+            if i < len(self.layers) - 1:
+                x = layer(x, bias[kept] if bias.shape[0] > 1 else bias)
+        if kept.shape[0] != keep.shape[0]:  # scatter the kept rows into zeros for the dropped ones
+            keys = [_scatter_rows(k, kept, keep.shape[0]) for k in keys]
+            values = [_scatter_rows(v, kept, keep.shape[0]) for v in values]
+        return ConditionCache(keys=keys, values=values, keep=keep)
+
+    def forward_cached(self, x_t: Tensor, t: Tensor, cache: ConditionCache) -> Tensor:
+        """:meth:`forward` for the cached conditions (same batch order): the same prediction within float32
+        rounding, with 1 + 2·tokens instead of 2 + 2·tokens tokens per layer."""
+        batch = x_t.shape[0]
+        queries = repeat(self.learned_query, "l d -> b l d", b=batch)
+        x = torch.cat((self.time_embed(t)[:, None], self.latent_in(x_t), queries), dim=1)
+        bias = self.attention_bias(cache.keep)[:, :, 1:]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bias, last=self.tokens if i == len(self.layers) - 1 else None,
+                      past=(cache.keys[i], cache.values[i]))
+        return self.readout(x)
+
+
+@dataclass
+class ConditionCache:
+    """Per-layer keys and values (B, 1, dim_head) of the condition token, and the keep mask (B,) they were made with."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    keep: Tensor
+
+
+def _scatter_rows(rows: Tensor, index: Tensor, batch: int) -> Tensor:
+    out = rows.new_zeros((batch, *rows.shape[1:]))
+    out[index] = rows
+    return out
