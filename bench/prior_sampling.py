@@ -8,6 +8,9 @@ where a full run would take too long; extrapolated rows are marked), and trainin
 
     python bench/prior_sampling.py                     # CPU, batch 16, guidance 2.0
     python bench/prior_sampling.py --device cuda --full-limit 600
+
+latentmap alone: the comparison with DALLE2-pytorch 0.2.38 itself, on the same weights in one
+process, is ``bench/prior_peers.py`` (docs/benchmarks.md, "Prior").
 """
 
 from __future__ import annotations
