@@ -229,7 +229,8 @@ def discover_direction(
             cond = pipeline.embed_prompts([side])
         else:
             cond = side.to(pipeline.device).float()
-        sides.append(pipeline.sample_latents(_repeat_rows(cond, samples), settings, seed=seed, progress=progress))
+        sides.append(pipeline.sample_latents(_repeat_rows(cond, samples), settings, seed=seed, progress=progress,
+                                             kind="text" if isinstance(side, str) else "image"))
     names = labels or tuple(s if isinstance(s, str) else plural(s.shape[0], "image") for s in (positive, negative))
     info = {"positive": names[0], "negative": names[1], "samples": samples, "seed": seed,
             "settings": settings.to_dict(), "checkpoint": pipeline.checkpoint}

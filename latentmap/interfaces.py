@@ -289,6 +289,21 @@ class Prior(torch.nn.Module, ABC):
         """True if the prior compares conditions by direction only (unit length inside the model)."""
         return False
 
+    @property
+    def uses_text_statistics(self) -> bool:
+        """True if the prior wants :meth:`set_text_statistics` called before training (unpaired statistics)."""
+        return False
+
+    def set_text_statistics(self, image_embeds: Tensor, text_embeds: Tensor) -> None:
+        """Learn whatever :meth:`text_conditions` needs from UNPAIRED image embeddings (N, D) of the training
+        data and text embeddings (M, D) of a prompt corpus (never matched pairs). Default: nothing."""
+
+    def text_conditions(self, text_embeds: Tensor) -> Tensor:
+        """The conditions to sample with for text embeddings (B, D). A prior trained on image embeddings may
+        move text onto their distribution here (the modality gap); image conditions are used as they are.
+        Re-ranking still compares with the raw text embeddings. Default: unchanged."""
+        return text_embeds
+
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store the training latents' per-feature mean and std (anything reshapeable to (tokens, latent_dim))."""
         shape = (self.shape.tokens, self.shape.latent_dim)

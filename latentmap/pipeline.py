@@ -181,14 +181,18 @@ class Pipeline:
             return self.encoder.embed_image(images.to(self.encoder.device)).float().to(self.device)
 
     def sample_latents(self, cond: Tensor, settings: SamplerSettings, *, seed: int, shared_noise: bool = False,
-                       progress: bool = False) -> Tensor:
+                       progress: bool = False, kind: str = "text") -> Tensor:
         """Latents (N, tokens, dim) for conditions (N, D) in one batched prior call, deterministic in ``seed``.
+
+        ``kind`` says what the conditions are: raw ``"text"`` embeddings go through the prior's
+        ``text_conditions`` first (its modality-gap correction, if it has one), ``"image"`` embeddings as they are.
 
         The noise comes from a CPU ``torch.Generator`` so a seed gives the same draws on any device.
         With ``shared_noise`` every row gets the noise a one-row call with ``seed`` gets (interpolation):
         one call a row, which needs nothing of a prior beyond the contract.
         ``progress`` shows a bar of the denoising steps on stderr, for priors whose ``sample`` takes a ``callback``.
         """
+        cond = self.prior.text_conditions(cond.to(self.device)) if kind == "text" else cond
         if shared_noise:  # every row drawn as a one-row call with ``seed`` is: works for any prior
             rows = cond.to(self.device)
             latents = torch.cat([self.prior.sample(row[None], settings.sampling,

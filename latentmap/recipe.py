@@ -108,6 +108,10 @@ class TrainSection:
     ema_every: int = option(10, min=1, help="steps between EMA updates")
     ema_warmup: bool = option(True, help="warm the EMA decay up from 0 (see training.md)")
     noise_alpha: float = option(1.0, min=0.0, help="LAFITE pseudo-text noise on the conditions (0 disables)")
+    text_corpus: Path | list[str] | None = option(None, path="file",
+                                                 help="prompts (a file or a list) whose text embeddings, with the "
+                                                      "training images' embeddings and never paired with them, give "
+                                                      "the statistics of prior.text_correction")
     grad_clip: float = option(1.0, min=0.0, help="max gradient L2 norm (0 disables)")
     seed: int = option(0, help="initialisation, data order and every random draw of training")
     device: str = option("auto", help="auto (GPU if any), cpu, cuda, cuda:N")
@@ -121,7 +125,8 @@ class TrainSection:
 
 @dataclass
 class ValidationSection:
-    """Checkpoint selection by CLIP score, on text prompts and on held-out image embeddings."""
+    """Checkpoint selection: attribute accuracy on the text prompts where the generator knows its images' truth
+    (an AttributeWorld), else their CLIP score; CLIP score on held-out image embeddings and held-out loss too."""
 
     prompts: Path | list[str] = option(PACKAGED_PROMPTS / "face-val.txt", path="file",
                                        help="text prompts scored at each validation: a file (relative, or a packaged "

@@ -154,7 +154,7 @@ def sample_from_conditions(
         raise LatentmapError("no prompts given: pass at least one prompt or a --prompts-file")
     started = time.perf_counter()
     flat_cond = repeat(cond, "p d -> (p c) d", c=candidates)
-    latents = pipeline.sample_latents(flat_cond, settings, seed=seed, progress=progress).float()
+    latents = pipeline.sample_latents(flat_cond, settings, seed=seed, progress=progress, kind=kind).float()
     per_layer = pipeline.space.expand(latents)
     if mix_layers:
         per_layer = mix_latents(pipeline, per_layer, mix_layers, seed=seed if mix_seed is None else mix_seed,

@@ -7,7 +7,8 @@ statistics), builds the prior, AdamW and the EMA, restores the newest training s
 
     states/state-<step>.safetensors   full training state (the newest two), for --resume
     last.safetensors                  the newest EMA prior (self-describing, for `latentmap sample`)
-    best.safetensors                  the EMA prior with the best validation text CLIP score
+    best.safetensors                  the EMA prior with the best validation score (attribute accuracy where the
+                                      generator knows its images' truth, else text CLIP score)
     metrics.jsonl, metrics.png        loss and validation scores; tensorboard/ if installed
     validation/step-<step>/*.png      one image grid per validation prompt
     recipe.yaml                       the recipe as resolved (overrides applied)
@@ -35,6 +36,7 @@ from latentmap.training.optim import make_optimizer, resolve_precision
 from latentmap.atomic import remove_stale_temporaries
 from latentmap.training.run_folder import RunLock
 from latentmap.training.state import latest_state, load_latest_intact
+from latentmap.training.text_statistics import fit_text_statistics
 from latentmap.training.validation import (
     ValidationOptions, ValidationSet, condition_scale_mismatch, prepare_validation, validate,
 )
@@ -68,6 +70,7 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
     dataset = open_dataset(recipe, world)
     manifest = dataset.manifest
     prior = build_prior(recipe, manifest).to(world.device)
+    fit_text_statistics(prior, recipe, manifest, world.device)  # before the EMA copies the prior
     ema = EMA(prior, beta=t.ema_beta, every=t.ema_every, warmup=t.ema_warmup)
     optimizer = make_optimizer(prior, lr=t.lr, weight_decay=t.weight_decay, betas=t.adam_betas)
 

@@ -43,5 +43,6 @@ def print_training_summary(result: TrainResult) -> None:
 
     if not main_process():
         return
-    best = f", best text CLIP score {result.best_score:.4f} at step {result.best_step}" if result.best_step >= 0 else ""
+    best = (f", best validation score {result.best_score:.4f} at step {result.best_step} (attribute accuracy where "
+            "the world knows it, else text CLIP score)" if result.best_step >= 0 else "")
     click.echo(f"trained {plural(result.steps, 'step')} (final loss {result.final_loss:.4f}){best}; outputs in {result.out}")

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from latentmap.config import option
 from latentmap.errors import LatentmapError
-from latentmap.interfaces import Prior
+from latentmap.interfaces import Prior, PriorShape
+from latentmap.prior.condition_gap import GAP_CORRECTIONS, correct_text, gap_statistics
 from latentmap.prior.network import PriorNetwork
 
 # (batch, generator, device) -> the batch's training times, drawn from ``generator`` on ``device``
@@ -37,10 +38,32 @@ class TransformerPriorOptions:
                                    help="probability of dropping the condition in training (classifier-free guidance)")
     normalize_cond: bool = option(False, help="L2-normalise conditions inside the model (compare directions only); "
                                               "for encoders whose text and image embeddings differ in length")
+    text_correction: str = option("none", choices=GAP_CORRECTIONS,
+                                  help="move text conditions onto the image embeddings' distribution before sampling "
+                                       "(the modality gap), from unpaired statistics stored in the checkpoint: none, "
+                                       "mean (shift) or whiten (shift and match the covariance); train.text_corpus "
+                                       "gives the prompts (docs/shapes.md#text-fidelity)")
 
 
 class TransformerPrior(Prior):
-    """A prior on :class:`PriorNetwork` whose ``Options`` derive from :class:`TransformerPriorOptions`."""
+    """A prior on :class:`PriorNetwork` whose ``Options`` derive from :class:`TransformerPriorOptions`.
+
+    With ``text_correction`` on, three more buffers hold the unpaired statistics of the modality-gap
+    correction (:mod:`latentmap.prior.condition_gap`): ``cond_image_mean``, ``cond_text_mean`` (D,) and,
+    for ``whiten``, ``cond_text_map`` (D, D). They start as the identity correction, are set once before
+    training (:meth:`set_text_statistics`) and travel in the checkpoint with the weights. Off, the
+    prior's tensors are exactly what they were without the option.
+    """
+
+    def __init__(self, shape: PriorShape, options: TransformerPriorOptions | None = None) -> None:
+        super().__init__(shape, options)
+        kind = self.options.text_correction
+        if kind != "none":
+            dim = shape.cond_dim
+            self.register_buffer("cond_image_mean", torch.zeros(dim))
+            self.register_buffer("cond_text_mean", torch.zeros(dim))
+            if kind == "whiten":
+                self.register_buffer("cond_text_map", torch.eye(dim))
 
     def build_network(self, timesteps: int) -> PriorNetwork:
         """The transformer sized by the options, for ``timesteps`` rows of timestep embedding."""
@@ -51,6 +74,30 @@ class TransformerPrior(Prior):
     @property
     def normalizes_conditions(self) -> bool:
         return self.options.normalize_cond
+
+    @property
+    def uses_text_statistics(self) -> bool:
+        return self.options.text_correction != "none"
+
+    def set_text_statistics(self, image_embeds: Tensor, text_embeds: Tensor) -> None:
+        """Store the correction's statistics from UNPAIRED image embeddings (N, D) and text embeddings (M, D)."""
+        if not self.uses_text_statistics:
+            return
+        stats = gap_statistics(image_embeds, text_embeds, normalized=self.options.normalize_cond)
+        for name, value in stats.items():
+            if hasattr(self, name):
+                getattr(self, name).copy_(value.to(getattr(self, name)))
+
+    def text_conditions(self, text_embeds: Tensor) -> Tensor:
+        """Conditions for text embeddings (B, D): moved onto the image distribution if ``text_correction`` says so."""
+        self.check_cond(text_embeds)
+        kind = self.options.text_correction
+        if kind == "none":
+            return text_embeds
+        stats = {"cond_image_mean": self.cond_image_mean, "cond_text_mean": self.cond_text_mean}
+        if kind == "whiten":
+            stats["cond_text_map"] = self.cond_text_map
+        return correct_text(text_embeds.to(self.cond_image_mean), stats, kind, normalized=self.options.normalize_cond)
 
     def prepare_cond(self, cond: Tensor, batch: int | None = None) -> Tensor:
         """Conditions checked, on the prior's device and dtype, unit length if ``normalize_cond``."""
