@@ -297,7 +297,9 @@ class Trainer:
                 self.validations.append({"step": p.step, **results})
                 if self.metrics is not None:
                     self.metrics.log(p.step, results)
-                score = results.get("val/text_clip")
+                from latentmap.training.validation import selection_score
+
+                score = selection_score(results)  # attribute accuracy where the world has one, else text CLIP
                 if score is not None and score > p.best_score:
                     p.best_score, p.best_step = score, p.step
                     if self.save_prior_fn is not None:

@@ -78,11 +78,12 @@ class MetricsLog:
         if losses or val_losses:
             loss_ax.set_yscale("log")
         loss_ax.set_title("loss")
-        for key, label in (("val/text_clip", "text prompts"), ("val/image_clip", "held-out images")):
+        for key, label in (("val/attributes", "attributes right (text prompts)"), ("val/text_clip", "text prompts"),
+                           ("val/image_clip", "held-out images")):
             points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
             if points:
                 val_ax.plot(*zip(*points), "o-", label=label, markersize=3)
-        val_ax.set_title("validation CLIP score (EMA)")
+        val_ax.set_title("validation (EMA): CLIP score, attribute accuracy where known")
         for ax in (loss_ax, val_ax):
             ax.set_xlabel("step")
             if ax.get_legend_handles_labels()[0]:
