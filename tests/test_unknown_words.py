@@ -64,3 +64,13 @@ def test_shapes_clip_names_the_words_outside_its_vocabulary():
     encoder = latentmap.get_encoder("shapes-clip")
     assert unknown_words(encoder, ["a pink hexagon", "top right: small blue square"]) == ["pink", "hexagon"]
     assert unknown_words(encoder, ["a huge star in the upper left corner, with a black background"]) == []
+
+
+def test_training_validation_names_unknown_words_in_its_prompts_before_training(capsys):
+    from latentmap.training.validation import prepare_validation
+
+    holdout = (torch.zeros(2, 1, 3), torch.zeros(2, 1))
+    vset = prepare_validation(ClosedVocabularyEncoder(), ["a red circle", "a mauve star"], holdout, image_conditions=1)
+    assert vset.text_embeds.shape == (2, 1)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "'mauve'" in err and "'red'" not in err

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentmap.images import contact_sheet
-from latentmap.interfaces import Encoder, Generator, Prior
+from latentmap.interfaces import Encoder, Generator, Prior, warn_unknown_words
 from latentmap.scoring import clip_scores, embed_images
 
 THUMBNAIL = 128  # grid tiles are stored at most this many pixels square
@@ -72,7 +72,12 @@ class ValidationOptions:
 def prepare_validation(
     encoder: Encoder, prompts: list[str], holdout: tuple[Tensor, Tensor], *, image_conditions: int
 ) -> ValidationSet:
-    """Embed the prompts once and keep the first ``image_conditions`` held-out pairs."""
+    """Embed the prompts once and keep the first ``image_conditions`` held-out pairs.
+
+    Prompts with words the encoder cannot read are named once, here, before training starts: a
+    validation measured on unknown tokens would select checkpoints on nothing.
+    """
+    warn_unknown_words(encoder, prompts)
     with torch.no_grad():
         text = encoder.embed_text(prompts).float().cpu()
     latents, embeds = holdout
