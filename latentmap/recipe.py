@@ -92,6 +92,9 @@ class DataSection:
     dtype: str = option("float16", choices=("float16", "bfloat16", "float32"),
                         help="storage precision (training always reads float32)")
     device: str = option("auto", help="build-data device: auto, cpu, cuda, cuda:N")
+    precision: str = option("float32", choices=("float32", "bfloat16", "float16"),
+                            help="generator and encoder compute precision (autocast; refused where the device "
+                                 "has no native support; see data.md for its effect on embeddings)")
 
 
 @dataclass

@@ -34,6 +34,27 @@ def echo_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
+def _precision_choices() -> list[str]:
+    """The recipe's precision choices (data.precision): one list for build-data and sample."""
+    import dataclasses
+
+    from latentmap.recipe import DataSection
+
+    return list(next(f for f in dataclasses.fields(DataSection) if f.name == "precision").metadata["choices"])
+
+
+precision_option = click.option(
+    "--precision", type=click.Choice(_precision_choices()), default="float32", show_default=True,
+    help="Generator and encoder compute precision (autocast; bfloat16/float16 only where the device has them natively).")
+
+
+def apply_precision(pipeline: Pipeline, precision: str) -> None:
+    """Run the pipeline's generator and encoder in ``precision`` (the prior stays float32); refuses in one line."""
+    from latentmap.data.precision import with_precision
+
+    pipeline.generator, pipeline.encoder = with_precision(pipeline.generator, pipeline.encoder, precision)
+
+
 def checkpoint_options(required: bool = True) -> Callable[[F], F]:
     """``--checkpoint``, ``--device``, ``--generator-option``, ``--encoder-option``, ``--no-check-identity``."""
 

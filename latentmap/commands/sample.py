@@ -8,11 +8,13 @@ from typing import Any
 import click
 
 from latentmap.commands.pipeline_options import (
+    apply_precision,
     build_pipeline,
     checkpoint_options,
     echo_json,
     gather_prompts,
     json_option,
+    precision_option,
     quiet_option,
     sampler_options,
     settings_from,
@@ -35,11 +37,13 @@ from latentmap.errors import LatentmapError
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images rendered and scored at once.")
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the samples an earlier run left in --out.")
+@precision_option
 @quiet_option
 @json_option
 def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tuple[str, ...],
             candidates: int | None, keep: int | None, seed: int, mix_layers: str | None, mix_seed: int | None,
-            batch_size: int, out: str, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+            batch_size: int, out: str, overwrite: bool, precision: str, quiet: bool, as_json: bool,
+            **kwargs: Any) -> None:
     """Sample images for PROMPTS with a trained prior, keep the best by CLIP score.
 
     \b
@@ -60,6 +64,7 @@ def command(prompts: tuple[str, ...], prompts_file: str | None, image_paths: tup
     if texts and image_paths:
         raise LatentmapError("give text prompts or --image prompts, not both")
     pipeline = build_pipeline(kwargs)
+    apply_precision(pipeline, precision)
     settings = settings_from(pipeline, kwargs)
     recipe_sample = pipeline.recipe_sample()
     candidates = candidates if candidates is not None else int(recipe_sample["candidates"])

@@ -7,6 +7,10 @@ of ``LATENT_CHUNK`` samples, so its latents do not depend on ``--batch-size``, o
 it, or on an interruption; its embeddings then equal any other build's up to the float rounding of
 batched matrix products (bit-for-bit with the same batch size and device).
 
+Before anything is written, the requested precision is checked against the device
+(latentmap.data.precision: generator and encoder then run under autocast) and a batch size whose
+forward pass would not fit in memory is refused in one line (latentmap.data.memory).
+
 A re-run continues: every existing shard is checked (its build key, index, count and content
 checksum) and reused if intact, rebuilt otherwise. Under torchrun rank ``r`` builds the shards
 ``i % world == r``; rank 0 writes the final manifest once every rank is done.
@@ -47,7 +51,9 @@ from latentmap.data.previews import (
     save_shard_preview,
     thumbnails,
 )
-from latentmap.data.seeds import shard_generator
+from latentmap.data.memory import available_bytes, check_batch_fits, current_bytes, measure_footprint
+from latentmap.data.precision import with_precision
+from latentmap.data.seeds import seeded_generator, shard_generator
 from latentmap.data.shards import ShardRecord, encode_shard, inspect_shard, read_shard, shard_file_name, storage_dtype
 from latentmap.data.stats import Moments, merge_all
 from latentmap.distributed import World, join_world
@@ -64,7 +70,9 @@ if TYPE_CHECKING:
 LATENT_CHUNK = 1024
 # Complete shards waiting for the writer; bounds memory while compute runs ahead of the disk.
 MAX_PENDING_SHARDS = 2
-SETTINGS_CHECK_ORDER = ("space", "seed", "shard_size", "dtype", "generator", "encoder")
+SETTINGS_CHECK_ORDER = ("space", "seed", "shard_size", "dtype", "precision", "generator", "encoder")
+# Settings a manifest may lack (written before they existed, or left out at their default).
+SETTING_DEFAULTS = {"precision": "float32"}
 # The defaults of a build are the recipe's (the ``data`` section), for every way of starting one.
 DATA_DEFAULTS = DataSection()
 
@@ -79,8 +87,11 @@ class BuildConfig:
     shard_size: int = DATA_DEFAULTS.shard_size
     seed: int = DATA_DEFAULTS.seed
     dtype: str = DATA_DEFAULTS.dtype
+    precision: str = DATA_DEFAULTS.precision
     save_images: bool = False
     progress: bool = True
+    check_memory: bool = True  # measure the models' memory and refuse a batch that will not fit
+    overlap: bool = True  # write shards in a thread while the next is computed (False: serially, same bytes)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -192,19 +203,25 @@ class ShardWriter:
     """
 
     def __init__(
-        self, root: Path, build_key: str, table: MomentTable, *, max_pending: int = MAX_PENDING_SHARDS
+        self, root: Path, build_key: str, table: MomentTable, *, max_pending: int = MAX_PENDING_SHARDS,
+        threaded: bool = True,
     ) -> None:
         self.root = root
         self.build_key = build_key
         self.table = table
         self.records: list[ShardRecord] = []
         self.bytes_written = 0
+        self.threaded = threaded
         self._queue: queue.Queue[_ShardJob | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="latentmap-shard-writer", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     def submit(self, job: _ShardJob) -> None:
+        if not self.threaded:  # serial: write now, in the caller's thread
+            self._write(job)
+            return
         while True:
             self._raise_if_failed()
             try:
@@ -215,6 +232,8 @@ class ShardWriter:
 
     def close(self) -> list[ShardRecord]:
         """Wait for every submitted shard to be on disk; returns their records."""
+        if not self.threaded:
+            return self.records
         self._queue.put(None)
         self._thread.join()
         self._raise_if_failed()
@@ -259,9 +278,14 @@ def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] |
     existing = read_manifest_json(out)
     if existing is None:
         return None
-    wanted = settings.comparable()
-    recorded = BuildSettings(**{name: existing[name] for name in wanted}).comparable() if all(
-        name in existing for name in wanted) else existing
+    wanted = {**SETTING_DEFAULTS, **settings.comparable()}
+    required = [name for name in wanted if name not in SETTING_DEFAULTS]
+    if all(name in existing for name in required):
+        values = {name: existing[name] for name in required}
+        values.update({name: existing.get(name, default) for name, default in SETTING_DEFAULTS.items()})
+        recorded = {**SETTING_DEFAULTS, **BuildSettings(**values).comparable()}
+    else:
+        recorded = {**SETTING_DEFAULTS, **existing}
     for name in SETTINGS_CHECK_ORDER:  # simple settings first: "seed=0, not 1" reads better than a checksum
         if name in ("generator", "encoder") and isinstance(existing.get(name), dict):
             require_same(name, existing[name], getattr(settings, name),
@@ -276,6 +300,31 @@ def _check_same_settings(out: Path, settings: BuildSettings) -> dict[str, Any] |
             "choose a new --out folder, or repeat the original settings to resume"
         )
     return existing
+
+
+def _already_complete(out: Path, samples: int) -> bool:
+    """True if ``out`` holds a finished dataset of ``samples`` (a re-run will only verify it)."""
+    try:
+        existing = read_manifest_json(out) if out.is_dir() else None
+    except LatentmapError:
+        return False
+    return bool(existing and existing.get("complete") and existing.get("samples") == samples)
+
+
+def check_memory(generator: Generator, encoder: Encoder, batch_size: int) -> None:
+    """Refuse, before the build starts, a batch size whose forward pass will not fit in the device's memory.
+
+    Measures the models' peak memory on probe samples from a stream of their own (the dataset is not
+    affected); see latentmap.data.memory. Skipped where memory cannot be measured or told.
+    """
+    if batch_size == 1:
+        return
+    footprint = measure_footprint(generator, encoder, seeded_generator("latentmap-memory-probe"))
+    available = available_bytes(generator.device)
+    if footprint is None or available is None:
+        return
+    check_batch_fits(batch_size, footprint, available=available, current=current_bytes(generator.device),
+                     resolution=generator.resolution)
 
 
 def _compute_shard(
@@ -318,6 +367,7 @@ def build_dataset(
     world = world or World()
     started = time.perf_counter()
     dtype = storage_dtype(config.dtype)
+    generator, encoder = with_precision(generator, encoder, config.precision, flag="data.precision (--precision)")
     settings = BuildSettings(
         generator=generator.identity(),
         encoder=encoder.identity(),
@@ -325,11 +375,14 @@ def build_dataset(
         seed=config.seed,
         shard_size=config.shard_size,
         dtype=config.dtype,
+        precision=config.precision,
     )
     build_key = settings.key()
     out = config.out
     if out.exists() and not out.is_dir():
         raise LatentmapError(f"--out {out} is a file, expected a folder")
+    if config.check_memory and not _already_complete(out, config.samples):
+        check_memory(generator, encoder, config.batch_size)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     existing = _check_same_settings(out, settings)
     if existing is None and any(out.iterdir()) and not any(out.glob("shard-*.safetensors")):
@@ -366,7 +419,7 @@ def build_dataset(
         disable=not config.progress or not world.is_main,
         dynamic_ncols=True,
     )
-    writer = ShardWriter(out, build_key, table)
+    writer = ShardWriter(out, build_key, table, threaded=config.overlap)
     build_started = time.perf_counter()
     try:
         for index in to_build:
@@ -423,7 +476,7 @@ def build_data(
         encoder_model = latentmap.get_encoder(encoder, **(encoder_options or {})).to(world.device)
         config = BuildConfig(
             out=data.dir, samples=data.samples, batch_size=data.batch_size, shard_size=data.shard_size,
-            seed=data.seed, dtype=data.dtype, save_images=save_images, progress=progress,
+            seed=data.seed, dtype=data.dtype, precision=data.precision, save_images=save_images, progress=progress,
         )
         return build_dataset(generator_model, encoder_model, config, world=world)
     finally:

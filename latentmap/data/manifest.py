@@ -38,9 +38,10 @@ class BuildSettings:
     seed: int
     shard_size: int
     dtype: str
+    precision: str = "float32"  # compute precision of generator and encoder (data.precision)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        settings = {
             "generator": self.generator,
             "encoder": self.encoder,
             "space": self.space,
@@ -48,6 +49,9 @@ class BuildSettings:
             "shard_size": self.shard_size,
             "dtype": self.dtype,
         }
+        if self.precision != "float32":  # recorded only when not the default: float32 datasets keep their key
+            settings["precision"] = self.precision
+        return settings
 
     def comparable(self) -> dict[str, Any]:
         """The settings that decide shard content, generator and encoder reduced to their identity's essence.
@@ -84,6 +88,7 @@ class Manifest:
     embed_std: Tensor
     root: Path = field(default=Path("."))
     build: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -99,7 +104,8 @@ class Manifest:
         return self.root / self.shards[position]["file"]
 
     def settings(self) -> BuildSettings:
-        return BuildSettings(self.generator, self.encoder, self.space, self.seed, self.shard_size, self.dtype)
+        return BuildSettings(self.generator, self.encoder, self.space, self.seed, self.shard_size, self.dtype,
+                             self.precision)
 
 
 def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
@@ -177,6 +183,7 @@ def load_manifest(root: str | Path) -> Manifest:
             embed_std=torch.tensor(stats["embed_std"], dtype=torch.float32),
             root=root,
             build=dict(data.get("build", {})),
+            precision=str(data.get("precision", "float32")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise LatentmapError(f"{root / MANIFEST_NAME} is incomplete or malformed: bad or missing {exc}") from None
