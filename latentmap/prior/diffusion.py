@@ -8,8 +8,6 @@ in and come out in the generator's own units; internally they are z-normalised w
 
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -22,20 +20,10 @@ from latentmap.prior import samplers
 from latentmap.prior.samplers import sampler_names
 from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule
 from latentmap.prior.transformer_prior import TransformerPrior, TransformerPriorOptions
+from latentmap.training.optim import autocast
 
 OBJECTIVES = ("x0", "noise")
 PRECISIONS = ("fp32", "bf16")
-
-
-def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
-    """bf16 autocast around a whole sampling run (weights cast once and reused by every step), or nothing for fp32.
-
-    Matrix products run in bfloat16; LayerNorm, softmax, the residual stream, the final readout and
-    the sampler's arithmetic stay float32.
-    """
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -222,7 +210,9 @@ class DiffusionPrior(TransformerPrior):
         noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
         x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)
         walk = samplers.SAMPLERS[settings.sampler].walk
-        with precision_context(settings.precision, self.latent_mean.device):
+        # bf16: one autocast around the whole run, so the weights are cast once and reused by every step;
+        # matrix products in bfloat16, LayerNorm, softmax, the residual stream and the sampler stay float32
+        with autocast(settings.precision, self.latent_mean.device):
             denoise = self.guided_denoiser(cond, settings.guidance)
             x = walk(denoise, x, schedule, noise=noise, eta=settings.eta, callback=callback)
         return self.denormalize_latents(x)
