@@ -70,7 +70,8 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
     dataset = open_dataset(recipe, world)
     manifest = dataset.manifest
     prior = build_prior(recipe, manifest).to(world.device)
-    fit_text_statistics(prior, recipe, manifest, world.device)  # before the EMA copies the prior
+    if state_file is None:  # a resumed state restores them with the weights
+        fit_text_statistics(prior, recipe, manifest, world.device)  # before the EMA copies the prior
     ema = EMA(prior, beta=t.ema_beta, every=t.ema_every, warmup=t.ema_warmup)
     optimizer = make_optimizer(prior, lr=t.lr, weight_decay=t.weight_decay, betas=t.adam_betas)
 

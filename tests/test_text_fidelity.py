@@ -161,6 +161,28 @@ def test_training_fits_the_statistics_from_the_recipe_corpus(tmp_path: Path) -> 
     assert torch.allclose(prior.cond_text_mean, text.mean(0), atol=1e-5)
 
 
+def test_a_resumed_run_keeps_the_statistics_of_the_run_it_continues(tmp_path: Path) -> None:
+    from helpers_train import build_tiny_dataset, tiny_recipe
+    import helpers_tiny
+
+    from latentmap.recipe import load_recipe
+    from latentmap.train import train
+
+    helpers_tiny.ensure_registered()
+    data = build_tiny_dataset(tmp_path / "data", samples=512)
+    corpus = ["a red thing", "a blue square", "a green thing on the left", "two yellow things"]
+    path = tiny_recipe(tmp_path, data, prior={"text_correction": "whiten"},
+                       train={"steps": 4, "checkpoint_every": 2, "text_corpus": corpus})
+    first = train(load_recipe(path), validation=False, progress=False)
+    fitted, _ = load_prior(first.out / "last.safetensors")
+    resumed = train(load_recipe(path, ["train.steps=6"]), resume=True, validation=False, progress=False)
+    assert resumed.steps == 6
+    prior, _ = load_prior(resumed.out / "last.safetensors")
+    for name in ("cond_image_mean", "cond_text_mean", "cond_text_map"):
+        assert torch.equal(getattr(prior, name), getattr(fitted, name)), name
+    assert not torch.equal(prior.cond_text_map, torch.eye(prior.cond_text_map.shape[0]))  # fitted, not the identity
+
+
 @pytest.fixture(scope="module")
 def shapes_pairs() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """2,000 shapes-world (latent, image embedding) pairs from the shipped encoder, with their attributes."""
