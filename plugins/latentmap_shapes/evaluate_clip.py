@@ -67,14 +67,18 @@ def _text_to_image(image_embeddings: Tensor, encoder: Encoder, parts: Sequence[s
     return hits / max(total, 1)
 
 
-def zero_shot_report(encoder: Encoder, samples: int = 2048, seed: int = EVAL_SEED) -> dict[str, float]:
-    """Accuracy in [0, 1] per task (keys as in :data:`CHANCE`), on ``samples`` random images."""
+def _random_images(encoder: Encoder, samples: int, seed: int) -> tuple[dict[str, Tensor], Tensor]:
+    """The truth and the image embeddings of ``samples`` random images of the world, drawn from ``seed``."""
     world = ShapesGenerator()
     latents = world.sample_latents(samples, generator=torch.Generator().manual_seed(seed))
-    truth = world.decode_attributes(latents)
     with torch.no_grad():
         images = torch.cat([world.synthesize(chunk) for chunk in latents.split(256)])
-    embeddings = embed_images_in_batches(encoder, images)
+    return world.decode_attributes(latents), embed_images_in_batches(encoder, images)
+
+
+def zero_shot_report(encoder: Encoder, samples: int = 2048, seed: int = EVAL_SEED) -> dict[str, float]:
+    """Accuracy in [0, 1] per task (keys as in :data:`CHANCE`), on ``samples`` random images."""
+    truth, embeddings = _random_images(encoder, samples, seed)
     report = {attribute: _classify(embeddings, encoder, (attribute,), truth) for attribute in ATTRIBUTES}
     report["colour x shape"] = _classify(embeddings, encoder, ("colour", "shape"), truth)
     report["all five"] = _classify(embeddings, encoder, ("size", "colour", "shape", "position", "background"), truth)
@@ -97,12 +101,7 @@ def prompt_set_report(
     the fraction right in every named attribute. ``"varied"`` uses the prompts as written,
     ``"canonical"`` the same truths in :func:`describe`'s wording, so the two differ only in wording.
     """
-    world = ShapesGenerator()
-    latents = world.sample_latents(samples, generator=torch.Generator().manual_seed(seed))
-    truth = world.decode_attributes(latents)
-    with torch.no_grad():
-        images = torch.cat([world.synthesize(chunk) for chunk in latents.split(256)])
-        embeddings = embed_images_in_batches(encoder, images)
+    truth, embeddings = _random_images(encoder, samples, seed)
     wordings = {"varied": [text for text, _ in cases], "canonical": [describe(named) for _, named in cases]}
     report = {}
     for wording, prompts in wordings.items():
