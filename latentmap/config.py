@@ -8,7 +8,8 @@ with a did-you-mean from *that* dataclass's fields), the text ``latentmap list -
 the recipe reference in docs (:func:`describe_options`), and what is stored again (:func:`options_dict`).
 
 Field metadata (set with :func:`option`): ``help``; ``choices`` (allowed values, or a callable giving
-them, so a registry can be the single list); ``min``/``max`` (inclusive) and ``below`` (exclusive
+them, so a registry can be the single list); ``aliases`` (other spellings of a choice, e.g. an older
+name, replaced by the choice on reading); ``min``/``max`` (inclusive) and ``below`` (exclusive
 upper bound); ``path`` = ``"file"`` (must exist) or ``"dir"``; ``identity=False`` for options that
 say where something comes from or how fast it runs (a weights file's location, batch sizes) rather
 than what it computes, so they never make two otherwise equal components differ; ``placement=True``
@@ -48,12 +49,15 @@ def option(
     max: float | None = None,
     below: float | None = None,
     path: str | None = None,
+    aliases: Mapping[str, Any] | None = None,
     identity: bool = True,
     placement: bool = False,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A dataclass field with its help text and limits (``dataclasses.field`` with metadata)."""
     metadata: dict[str, Any] = {"help": help, "identity": identity and not placement, "placement": placement}
+    if aliases:  # other spellings accepted for a choice, replaced by it before anything sees the value
+        metadata["aliases"] = dict(aliases)
     for key, value in (("choices", choices), ("min", min), ("max", max), ("below", below), ("path", path)):
         if value is not None:
             metadata[key] = tuple(value) if key == "choices" and not callable(value) else value
@@ -102,11 +106,17 @@ def check_value(value: Any, hint: Any, f: dataclasses.Field, key: str, where: st
     meta = f.metadata
     if value is None:
         return value
+    aliases, given = meta.get("aliases", {}), value
+    if isinstance(value, str) and value in aliases:
+        value = aliases[value]
     choices = meta.get("choices")
     if choices is not None:
         allowed = tuple(choices() if callable(choices) else choices)
         if value not in allowed:
-            raise LatentmapError(f"{_at(where)}{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+            also = [name for name, target in aliases.items() if target in allowed]
+            also_text = f" (or {', '.join(also)})" if also else ""
+            raise LatentmapError(f"{_at(where)}{key} must be one of {', '.join(map(str, allowed))}{also_text}; "
+                                 f"got {given!r}")
     if "min" in meta and value < meta["min"]:
         raise LatentmapError(f"{_at(where)}{key} must be >= {meta['min']}, got {value!r}")
     if "max" in meta and value > meta["max"]:
@@ -277,7 +287,8 @@ def _limits(f: dataclasses.Field) -> str:
     parts = []
     if "choices" in meta:
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
-        parts.append("one of " + "|".join(map(str, choices)))
+        aliases = [f"{name} = {target}" for name, target in meta.get("aliases", {}).items() if target in choices]
+        parts.append("one of " + "|".join(map(str, choices)) + (f" ({', '.join(aliases)})" if aliases else ""))
     if "min" in meta:
         parts.append(f">= {meta['min']}")
     if "max" in meta:
