@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nvidia_nets
 import timing
 
-from latentmap.data.precision import autocast_for
+from latentmap.precision import autocast as autocast_for
 
 HALF_PRECISIONS = {"cpu": ("bfloat16",), "cuda": ("bfloat16", "float16")}
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "bench" / "peers"))
 
 from latentmap.interfaces import PriorShape  # noqa: E402
 from latentmap.prior import DiffusionPrior  # noqa: E402
-from latentmap.training.optim import autocast as precision_context  # noqa: E402
+from latentmap.precision import autocast as precision_context  # noqa: E402
 
 PAPER_SHAPE = PriorShape(tokens=1, latent_dim=512, cond_dim=512)
 

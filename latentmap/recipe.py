@@ -25,6 +25,7 @@ import yaml
 
 from latentmap.config import build_options, check_value, option, options_dict, parse_value, plain, suggest
 from latentmap.errors import LatentmapError, UnknownNameError
+from latentmap.precision import AUTO, BFLOAT16, FLOAT32, precision_option
 
 PACKAGED_PROMPTS = Path(__file__).resolve().parent / "prompts"
 
@@ -92,9 +93,9 @@ class DataSection:
     dtype: str = option("float16", choices=("float16", "bfloat16", "float32"),
                         help="storage precision (training always reads float32)")
     device: str = option("auto", help="build-data device: auto, cpu, cuda, cuda:N")
-    precision: str = option("float32", choices=("float32", "bfloat16", "float16"),
-                            help="generator and encoder compute precision (autocast; refused where the device "
-                                 "has no native support; see data.md for its effect on embeddings)")
+    precision: str = precision_option(FLOAT32,
+                                      help="generator and encoder compute precision (autocast; refused where the "
+                                           "device has no native support; see data.md for its effect on embeddings)")
 
 
 @dataclass
@@ -118,7 +119,9 @@ class TrainSection:
     grad_clip: float = option(1.0, min=0.0, help="max gradient L2 norm (0 disables)")
     seed: int = option(0, help="initialisation, data order and every random draw of training")
     device: str = option("auto", help="auto (GPU if any), cpu, cuda, cuda:N")
-    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on GPU, fp32 on CPU")
+    precision: str = precision_option(AUTO, choices=(AUTO, FLOAT32, BFLOAT16),
+                                      help="auto: bfloat16 autocast on a GPU that has it natively, float32 elsewhere "
+                                           "(bfloat16 is refused where the device has no native support)")
     threads: int = option(0, min=0, help="CPU threads torch may use (0: torch's default; on a small shared CPU "
                                           "1 is often much faster, see benchmarks.md)")
     log_every: int = option(100, min=1, help="steps per metrics line")

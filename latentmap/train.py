@@ -28,11 +28,12 @@ from latentmap.distributed import World, join_world
 from latentmap.errors import LatentmapError
 from latentmap.identity import require_same
 from latentmap.interfaces import Encoder, Generator, Prior
+from latentmap.precision import resolve_precision
 from latentmap.recipe import Recipe, read_prompts
 from latentmap.training.ema import EMA
 from latentmap.training.loop import LoopSettings, Trainer, TrainResult
 from latentmap.training.metrics import MetricsLog
-from latentmap.training.optim import make_optimizer, resolve_precision
+from latentmap.training.optim import make_optimizer
 from latentmap.atomic import remove_stale_temporaries
 from latentmap.training.run_folder import RunLock
 from latentmap.training.state import latest_state, load_latest_intact
@@ -77,7 +78,7 @@ def _train(recipe: Recipe, world: World, *, resume: bool, validation: bool, prog
 
     settings = LoopSettings(
         steps=t.steps, seed=t.seed, noise_alpha=t.noise_alpha, grad_clip=t.grad_clip,
-        precision=resolve_precision(t.precision, world.device), log_every=t.log_every,
+        precision=resolve_precision(t.precision, world.device, key="train.precision"), log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, validate_every=recipe.validation.every, progress=progress,
     )
     identities = {"encoder": manifest.encoder, "generator": manifest.generator, "space": manifest.space}

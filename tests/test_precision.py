@@ -1,7 +1,10 @@
-"""The precision option: autocast around a real (tiny) StyleGAN2 and open_clip model, refusals, recording in datasets."""
+"""The precision vocabulary and option: one set of names (older spellings read as aliases) for every option,
+autocast around a real (tiny) StyleGAN2 and open_clip model, refusals, recording in datasets, datasets built
+before the names were unified."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,18 +16,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import latentmap
+from latentmap import precision as precision_module
 from latentmap.cli import cli
-from latentmap.data import precision as precision_module
 from latentmap.data.builder import BuildConfig, build_dataset
 from latentmap.data.manifest import load_manifest
-from latentmap.data.precision import (
-    PRECISIONS,
-    PrecisionEncoder,
-    PrecisionGenerator,
-    check_precision,
-    with_precision,
-)
 from latentmap.errors import LatentmapError
+from latentmap.precision import ALIASES, PRECISIONS, autocast, canonical_precision, check_precision, resolve_precision
+from latentmap.precision_models import PrecisionEncoder, PrecisionGenerator, with_precision
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stylegan" / "sg2_tiny"
 TINY_CLIP = {
@@ -57,9 +55,72 @@ def tiny_models(tmp_path):
     return generator, encoder
 
 
-def test_choices_are_the_recipes():
+def precision_fields():
+    """Every option that holds a precision: (where, dataclass field)."""
+    from latentmap.prior.diffusion import DiffusionSampling
+    from latentmap.recipe import DataSection, TrainSection
+
+    return {name: next(f for f in dataclasses.fields(cls) if f.name == "precision")
+            for name, cls in (("data", DataSection), ("train", TrainSection), ("sampling", DiffusionSampling))}
+
+
+def test_every_precision_option_uses_the_one_vocabulary_and_its_aliases():
     assert PRECISIONS == ("float32", "bfloat16", "float16")
+    assert ALIASES == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    choices = {name: f.metadata["choices"] for name, f in precision_fields().items()}
+    assert choices == {"data": PRECISIONS, "train": ("auto", "float32", "bfloat16"),
+                       "sampling": ("float32", "bfloat16")}
+    assert all(f.metadata["aliases"] == ALIASES for f in precision_fields().values())
     assert latentmap.recipe.DataSection().precision == "float32"
+
+
+def test_older_spellings_are_read_as_the_full_names_and_wrong_ones_name_the_key_and_choices(tmp_path):
+    from latentmap.recipe import load_recipe
+
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("generator: {name: stylegan2-ffhq}\ndata: {dir: data, precision: bf16}\ntrain: {out: runs, precision: bf16}\n"
+                      "validation: {sampling: {precision: fp32}}\nsample: {sampling: {precision: bf16}}\n")
+    loaded = load_recipe(recipe)
+    assert (loaded.data.precision, loaded.train.precision) == ("bfloat16", "bfloat16")
+    assert loaded.validation.sampling.precision == "float32" and loaded.sample.sampling.precision == "bfloat16"
+    assert loaded.to_dict()["train"]["precision"] == "bfloat16"  # stored again in the one spelling
+    recipe.write_text("generator: {name: stylegan2-ffhq}\ndata: {dir: data}\ntrain: {out: runs, precision: float16}\n")
+    with pytest.raises(LatentmapError) as error:
+        load_recipe(recipe)
+    assert str(error.value) == (f"{recipe}: train.precision must be one of auto, float32, bfloat16 (or fp32, bf16); "
+                                "got 'float16'")
+    assert canonical_precision("fp16") == "float16"
+    with pytest.raises(LatentmapError, match=r"^data.precision must be one of float32, bfloat16, float16 "
+                                             r"\(or fp32, bf16, fp16\); got 'half'$"):
+        canonical_precision("half", key="data.precision")
+
+
+def test_autocast_and_resolution_speak_the_vocabulary(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    x = torch.randn(4, 4)
+    for name in ("bfloat16", "bf16"):
+        with autocast(name, "cpu"):
+            assert (x @ x).dtype == torch.bfloat16
+    with autocast("fp32", "cpu"):
+        assert (x @ x).dtype == torch.float32
+    assert resolve_precision("auto", "cpu") == "float32"  # auto picks bfloat16 only on a GPU that has it
+    assert resolve_precision("bf16", "cpu", key="train.precision") == "bfloat16"
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset())
+    with pytest.raises(LatentmapError, match=r"^train.precision: precision bfloat16 needs a CPU with native bfloat16"):
+        resolve_precision("bfloat16", "cpu", key="train.precision")
+
+
+def test_a_checkpoint_recorded_with_the_older_sampling_spelling_still_loads():
+    import helpers_colour
+
+    helpers_colour.ensure_registered()
+    pipeline = latentmap.load_pipeline(str(helpers_colour.colour_checkpoint()), device="cpu")
+    stored = pipeline.metadata.setdefault("recipe", {}).setdefault("sample", {})
+    stored["sampling"] = {**(stored.get("sampling") or {}), "precision": "bf16"}
+    assert pipeline.defaults().sampling.precision == "bfloat16"
+    assert pipeline.settings(precision="fp32").sampling.precision == "float32"
+    with pytest.raises(LatentmapError, match=r"precision' must be one of float32, bfloat16 \(or fp32, bf16\); got 'fp16'"):
+        pipeline.settings(precision="fp16", where="command line")
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bfloat16")
@@ -154,3 +215,41 @@ def test_sample_flag_refuses_in_one_line_and_runs_bf16_where_native(tmp_path, mo
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bf16"), "--precision", "bfloat16"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "bf16" / "samples.jsonl").is_file()
+
+
+def test_a_dataset_built_before_the_names_were_unified_is_reused_whatever_the_spelling(tmp_path, monkeypatch):
+    """data.precision kept its names (float32, bfloat16, float16): a dataset's manifest and build key are what
+    build-data wrote before, and the older short spellings (fp32, bf16) resume it instead of rebuilding it."""
+    helpers_tiny.ensure_registered()
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # bf16 runs on any CPU
+    generator, encoder = latentmap.get_generator("tiny-test"), latentmap.get_encoder("tiny-test")
+    for name, spellings in (("float32", ("fp32", "float32")), ("bfloat16", ("bf16", "bfloat16"))):
+        out = tmp_path / name
+        config = dict(out=out, samples=40, shard_size=20, progress=False)
+        build_dataset(generator, encoder, BuildConfig(**config, precision=name))
+        manifest = json.loads((out / "manifest.json").read_text())
+        # what build-data wrote before: no "precision" for float32 (older datasets' key), the full name otherwise
+        assert manifest.get("precision", "<unset>") == ("<unset>" if name == "float32" else name)
+        shards = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name.startswith("shard")}
+        assert len(shards) == 2
+        for spelling in spellings:
+            summary = build_dataset(generator, encoder, BuildConfig(**config, precision=spelling))
+            assert (summary.built_shards, summary.reused_shards) == (0, 2), spelling
+        assert {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name.startswith("shard")} == shards
+        rewritten = json.loads((out / "manifest.json").read_text())
+        assert {**rewritten, "build": None} == {**manifest, "build": None}  # only the last run's timing differs
+    result = CliRunner().invoke(cli, ["build-data", "--generator", "tiny-test", "--encoder", "tiny-test", "--samples",
+                                      "40", "--shard-size", "20", "--out", str(tmp_path / "bfloat16"), "--device", "cpu",
+                                      "--precision", "bf16", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "built 0 shards" in result.output and "reused 2 complete shards" in result.output
+
+
+def test_cli_precision_flags_name_the_accepted_values():
+    helpers_tiny.ensure_registered()
+    for command in (["build-data", "--generator", "tiny-test", "--samples", "1", "--out", "unused"],
+                    ["sample", "--checkpoint", "unused.safetensors", "red"]):
+        result = CliRunner().invoke(cli, [*command, "--precision", "half"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert ("Invalid value for '--precision': must be one of float32, bfloat16, float16 (or fp32, bf16, fp16); "
+                "got 'half'") in result.output

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from latentmap.commands.pipeline_options import quiet_option
+from latentmap.commands.pipeline_options import precision_flag, quiet_option
 from latentmap.config import parse_pairs
 from latentmap.errors import LatentmapError
 from latentmap.recipe import DataSection, EncoderSection, load_recipe
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 DATA = DataSection()
 DEFAULT_ENCODER = EncoderSection().name
 DTYPES = list(next(f for f in dataclasses.fields(DataSection) if f.name == "dtype").metadata["choices"])
-PRECISIONS = list(next(f for f in dataclasses.fields(DataSection) if f.name == "precision").metadata["choices"])
 # --flag -> key of the data section
 DATA_FLAGS = {"out": "dir", "samples": "samples", "batch_size": "batch_size", "shard_size": "shard_size",
               "seed": "seed", "dtype": "dtype", "device": "device", "precision": "precision"}
@@ -82,9 +81,8 @@ def print_build_summary(summary: BuildSummary) -> None:
 @click.option("--seed", type=int, help=f"Dataset seed; shard i draws from (seed, i) [default: {DATA.seed}].")
 @click.option("--dtype", type=click.Choice(DTYPES), help=f"Storage dtype of latents and embeddings [default: {DATA.dtype}].")
 @click.option("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {DATA.device}].")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help=f"Generator and encoder compute precision (autocast; refused where the device has no native "
-                   f"support) [default: {DATA.precision}].")
+@precision_flag(default=None, help=f"Generator and encoder compute precision (autocast; refused where the device has "
+                                   f"no native support) [default: {DATA.precision}].")
 @click.option("--save-images", is_flag=True, help="Also write thumbnails per shard and contact-sheet.png.")
 @click.option("--generator-option", "-G", "generator_options", multiple=True, metavar="KEY=VALUE",
               help="Option for the generator (weights=..., truncation=0.7); repeatable.")

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from latentmap.errors import LatentmapError
 from latentmap.config import parse_pairs
+from latentmap.errors import LatentmapError
+from latentmap.precision import FLOAT32, PRECISIONS, accepted_names, canonical_precision
 
 if TYPE_CHECKING:  # the pipeline (and torch) only once a command runs: listing commands stays light
     from latentmap.pipeline import Pipeline, SamplerSettings
@@ -34,23 +35,30 @@ def echo_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
-def _precision_choices() -> list[str]:
-    """The recipe's precision choices (data.precision): one list for build-data and sample."""
-    import dataclasses
+def _canonical_precision_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The ``--precision`` value in latentmap.precision's spelling (``bf16`` -> ``bfloat16``); None stays None."""
+    if value is None:
+        return None
+    try:
+        return canonical_precision(value)
+    except LatentmapError:
+        raise click.BadParameter(f"must be one of {accepted_names()}; got {value!r}") from None
 
-    from latentmap.recipe import DataSection
 
-    return list(next(f for f in dataclasses.fields(DataSection) if f.name == "precision").metadata["choices"])
+def precision_flag(*, default: str | None, help: str) -> Callable[[F], F]:
+    """``--precision`` for the generator and encoder (latentmap.precision's names, its aliases accepted)."""
+    return click.option("--precision", default=default, show_default=default is not None, metavar="|".join(PRECISIONS),
+                        callback=_canonical_precision_flag, help=help)
 
 
-precision_option = click.option(
-    "--precision", type=click.Choice(_precision_choices()), default="float32", show_default=True,
+precision_option = precision_flag(
+    default=FLOAT32,
     help="Generator and encoder compute precision (autocast; bfloat16/float16 only where the device has them natively).")
 
 
 def apply_precision(pipeline: Pipeline, precision: str) -> None:
     """Run the pipeline's generator and encoder in ``precision`` (the prior stays float32); refuses in one line."""
-    from latentmap.data.precision import with_precision
+    from latentmap.precision_models import with_precision
 
     pipeline.generator, pipeline.encoder = with_precision(pipeline.generator, pipeline.encoder, precision)
 

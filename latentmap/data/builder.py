@@ -8,7 +8,7 @@ it, or on an interruption; its embeddings then equal any other build's up to the
 batched matrix products (bit-for-bit with the same batch size and device).
 
 Before anything is written, the requested precision is checked against the device
-(latentmap.data.precision: generator and encoder then run under autocast) and a batch size whose
+(latentmap.precision: generator and encoder then run under autocast) and a batch size whose
 forward pass would not fit in memory is refused in one line (latentmap.data.memory).
 
 A re-run continues: every existing shard is checked (its build key, index, count and content
@@ -52,7 +52,6 @@ from latentmap.data.previews import (
     thumbnails,
 )
 from latentmap.data.memory import available_bytes, check_batch_fits, current_bytes, measure_footprint
-from latentmap.data.precision import with_precision
 from latentmap.data.seeds import seeded_generator, shard_generator
 from latentmap.data.shards import ShardRecord, encode_shard, inspect_shard, read_shard, shard_file_name, storage_dtype
 from latentmap.data.stats import Moments, merge_all
@@ -60,6 +59,8 @@ from latentmap.distributed import World, join_world
 from latentmap.errors import LatentmapError
 from latentmap.identity import require_same
 from latentmap.interfaces import Encoder, Generator
+from latentmap.precision import canonical_precision
+from latentmap.precision_models import with_precision
 from latentmap.recipe import DataSection
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class BuildConfig:
             if not isinstance(value, int) or value < 1:
                 raise LatentmapError(f"build-data: {name} must be a positive integer, got {value!r}")
         storage_dtype(self.dtype)
+        # one spelling (bf16 -> bfloat16) before the precision enters the build key
+        self.precision = canonical_precision(self.precision, key="data.precision")
 
 
 @dataclass
@@ -367,7 +370,7 @@ def build_dataset(
     world = world or World()
     started = time.perf_counter()
     dtype = storage_dtype(config.dtype)
-    generator, encoder = with_precision(generator, encoder, config.precision, flag="data.precision (--precision)")
+    generator, encoder = with_precision(generator, encoder, config.precision, key="data.precision (--precision)")
     settings = BuildSettings(
         generator=generator.identity(),
         encoder=encoder.identity(),

@@ -16,14 +16,13 @@ from torch import Tensor
 
 from latentmap.config import option
 from latentmap.interfaces import PriorShape
+from latentmap.precision import BFLOAT16, FLOAT32, autocast, precision_option
 from latentmap.prior import samplers
 from latentmap.prior.samplers import sampler_names
 from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule
 from latentmap.prior.transformer_prior import TransformerPrior, TransformerPriorOptions
-from latentmap.training.optim import autocast
 
 OBJECTIVES = ("x0", "noise")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -44,10 +43,11 @@ class DiffusionSampling:
     sampler: str = option("dpmpp_2m", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
     guidance: float = option(1.0, help="classifier-free guidance scale (1: conditional prediction only)")
     eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
-    precision: str = option("fp32", choices=PRECISIONS,
-                            help="arithmetic of the network's matrix products while sampling: fp32, or bf16 (autocast: "
-                                 "1.6-1.9x faster on a CPU with avx512_bf16; for CPUs without native bf16 not "
-                                 "advised; samples ~1% (relative RMS) from fp32's; docs/prior.md)")
+    precision: str = precision_option(FLOAT32, choices=(FLOAT32, BFLOAT16),
+                                      help="arithmetic of the network's matrix products while sampling: float32, or "
+                                           "bfloat16 (autocast: 1.6-1.9x faster on a CPU with avx512_bf16; for CPUs "
+                                           "without native bfloat16 not advised; samples ~1% (relative RMS) from "
+                                           "float32's; docs/prior.md)")
 
 
 class DiffusionPrior(TransformerPrior):
@@ -210,7 +210,7 @@ class DiffusionPrior(TransformerPrior):
         noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
         x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)
         walk = samplers.SAMPLERS[settings.sampler].walk
-        # bf16: one autocast around the whole run, so the weights are cast once and reused by every step;
+        # bfloat16: one autocast around the whole run, so the weights are cast once and reused by every step;
         # matrix products in bfloat16, LayerNorm, softmax, the residual stream and the sampler stay float32
         with autocast(settings.precision, self.latent_mean.device):
             denoise = self.guided_denoiser(cond, settings.guidance)

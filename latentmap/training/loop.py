@@ -6,7 +6,7 @@ operations; ``latentmap.train.train`` builds those objects from a recipe. Each s
 1. next batch of (latents, image embeddings) from the shard reader (float32, on the device);
 2. LAFITE noise on the conditions (``train.noise_alpha``), from the step's own random stream;
 3. the prior's loss (it draws timesteps, noise and the condition-dropout mask from the same stream),
-   under bf16 autocast on GPU;
+   under bfloat16 autocast on a GPU (``train.precision``, latentmap.precision);
 4. backward, gradient clipping (the clipped norm is also the divergence check: it is identical on
    every rank after DDP's all-reduce, so all ranks stop together), AdamW step, EMA update;
 5. every ``log_every`` steps a metrics line, every ``checkpoint_every`` a full training state and
@@ -29,9 +29,10 @@ from latentmap.data.augment import lafite_noise
 from latentmap.distributed import World
 from latentmap.errors import LatentmapError
 from latentmap.interfaces import Prior
+from latentmap.precision import FLOAT32, autocast
 from latentmap.training.ema import EMA
 from latentmap.training.metrics import MetricsLog
-from latentmap.training.optim import autocast, step_generator
+from latentmap.training.optim import step_generator
 from latentmap.training.state import (
     add_prefix,
     optimizer_from_state,
@@ -64,7 +65,7 @@ class LoopSettings:
     seed: int = 0
     noise_alpha: float = 1.0
     grad_clip: float = 1.0
-    precision: str = "fp32"
+    precision: str = FLOAT32  # latentmap.precision's vocabulary, resolved (never auto)
     log_every: int = 100
     checkpoint_every: int = 10_000
     validate_every: int = 5000

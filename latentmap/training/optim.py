@@ -1,15 +1,10 @@
-"""The optimiser, per-step random streams and mixed precision of the training loop."""
+"""The optimiser and per-step random streams of the training loop (its precision: latentmap.precision)."""
 
 from __future__ import annotations
-
-import contextlib
-from typing import ContextManager
 
 import numpy as np
 import torch
 from torch import nn
-
-from latentmap.errors import LatentmapError
 
 
 def make_optimizer(
@@ -55,19 +50,3 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device) -> tor
     state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
     value = (int(state[0]) << 31) ^ int(state[1])
     return torch.Generator(device=device).manual_seed(value)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere."""
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LatentmapError("train.precision is bf16 but this GPU does not support bfloat16; use fp32")
-    return name
-
-
-def autocast(precision: str, device: torch.device) -> ContextManager:
-    """Mixed-precision context for the forward pass (weights and optimiser stay float32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
