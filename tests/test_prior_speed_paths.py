@@ -1,5 +1,6 @@
-"""The diffusion prior's fast paths agree with the plain ones: condition cache, bf16 sampling, fused AdamW,
-and the DALLE2 export (the importer's key table run backwards) used to time the peers on the same weights."""
+"""The diffusion prior's fast paths agree with the plain ones: condition cache, shared timestep tokens (the
+flat token list), bf16 sampling, fused AdamW, and the DALLE2 export (the importer's key table run
+backwards) used to time the peers on the same weights."""
 
 from __future__ import annotations
 
@@ -46,6 +47,60 @@ def test_condition_cache_gives_the_uncached_prediction(tokens):
         # and not trivially: the condition matters for the kept rows
         other = prior.net(x_t, t, cond.flip(0), keep, prior.net.condition_cache(cond.flip(0), keep))
         assert (other[keep] - plain[keep]).abs().max() > 1e-3 if keep.any() else torch.allclose(other, plain, atol=1e-5)
+
+
+KEEP = torch.tensor([True, False, True, False, False, True, False, False])
+REPEATED = torch.tensor([0, 1, 0, 2, 0, 1, 1, 0])  # rows 0 and 2 keep the same condition: one prompt's candidates
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("t", [torch.full((8,), 37), torch.tensor([5, 5, 5, 5, 99, 40, 40, 5])], ids=["one-t", "mixed-t"])
+@pytest.mark.parametrize("repeated", [False, True], ids=["distinct-conds", "repeated-conds"])
+def test_shared_timestep_tokens_give_the_plain_prediction(tokens, t, repeated):
+    prior = small_prior(tokens)
+    g = torch.Generator().manual_seed(6)
+    x_t, cond = torch.randn(8, tokens, 16, generator=g), torch.randn(8, 24, generator=g)
+    if repeated:
+        cond = cond[REPEATED]
+    with torch.no_grad():
+        plain = prior.net(x_t, t, cond, KEEP)
+        cache = prior.net.condition_cache(cond, KEEP)
+        shared = prior.net(x_t, t, cond, KEEP, cache)
+        unshared = prior.net(x_t, t, cond, KEEP, prior.net.condition_cache(cond, KEEP, share_timestep=False))
+    assert (shared - plain).abs().max() < 1e-5 * plain.abs().max()
+    assert (unshared - plain).abs().max() < 1e-5 * plain.abs().max()
+    # the saving is real: at one t every row runs its 2·tokens latents and queries, and there is one
+    # timestep token per distinct kept condition (3, or 2 when rows 0 and 2 share one) plus ONE for all null rows
+    assert cache.layout.source.numel() == 8 * 2 * tokens + (2 if repeated else 3) + 1
+    # and not trivially: every null row's own t matters (reading another t's timestep token would show)
+    with torch.no_grad():
+        earlier = prior.net(x_t, t - 1, cond, KEEP, cache)
+    assert ((earlier - plain)[~KEEP].flatten(1).abs().amax(dim=1) > 1e-4).all()
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_shared_timestep_tokens_under_bf16_autocast(tokens):
+    prior = small_prior(tokens)
+    g = torch.Generator().manual_seed(7)
+    x_t, cond = torch.randn(8, tokens, 16, generator=g), torch.randn(8, 24, generator=g)[REPEATED]
+    t = torch.tensor([5, 5, 5, 5, 99, 40, 40, 5])
+    with torch.no_grad():
+        fp32 = prior.net(x_t, t, cond, KEEP)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = prior.net(x_t, t, cond, KEEP)
+            shared = prior.net(x_t, t, cond, KEEP, prior.net.condition_cache(cond, KEEP))
+    assert shared.dtype == torch.float32
+
+    def relative(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    bf16_error = relative(plain, fp32)
+    assert bf16_error > 1e-3  # bfloat16 really ran
+    # Under bf16 "the same arithmetic" holds to bf16's rounding, not float32's: a product over other rows
+    # may round a bf16 output the other way (the condition cache alone did so before the shared token).
+    # The cached pass is closer to the plain bf16 pass than bf16 is to float32, and as close to float32.
+    assert relative(shared, plain) < bf16_error
+    assert relative(shared, fp32) < 1.5 * bf16_error
 
 
 def test_sampling_with_the_cache_equals_sampling_without():
