@@ -8,8 +8,11 @@ average is recorded before and after.
 
 Rows:
 - guided step (batch B, guidance g): DALLE2's ``DiffusionPrior.p_sample`` (two network passes) vs
-  latentmap's guided x0 estimate as its samplers call it (one batched pass), without and with the
-  condition cache, in fp32 and bf16 (bf16: autocast held across steps, as ``sample`` does).
+  latentmap's guided x0 estimate as its samplers call it (one batched pass): without any cache; with the
+  condition cache but a timestep token per null row; the default (condition cache and one timestep
+  token shared by the null rows), in fp32 and bf16 (bf16: autocast held across steps, as ``sample`` does);
+  for B different conditions, and for one prompt's B candidates (rows with one condition share their
+  timestep token too).
 - sampling, 4 and 25 steps: clip2latent's ``LatentPrior`` timestep-skip sampler (over DALLE2's
   prior) vs latentmap's ``sample`` with the same algorithm (sampler ``clip2latent``, fed the same
   noise: the quality column is then parity) and with its default sampler, fp32 and bf16.
@@ -122,12 +125,18 @@ def peer_modules(prior: DiffusionPrior) -> tuple[Any, Callable[[], Any]] | None:
 
 
 # ----------------------------------------------------------------------------------------- rows
-def step_rows(prior, peer, args, device) -> list[dict[str, Any]]:
-    """One whole ancestral step each: guided x0 estimate, posterior mean, noise (as DALLE2's ``p_sample``)."""
+def step_rows(prior, peer, args, device, one_prompt: bool = False) -> list[dict[str, Any]]:
+    """One whole ancestral step each: guided x0 estimate, posterior mean, noise (as DALLE2's ``p_sample``).
+
+    ``one_prompt``: the batch is one condition's candidates (as ``latentmap sample`` batches a prompt's
+    candidates), else B different conditions.
+    """
     batch, g = args.batch, args.guidance
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 1, 512, generator=gen).to(device)
     cond = torch.randn(batch, 512, generator=gen).to(device)
+    if one_prompt:
+        cond = cond[:1].repeat(batch, 1)
     t = torch.full((batch,), 500, dtype=torch.long, device=device)
     fns: dict[str, Callable[[], Any]] = {}
     outputs: dict[str, torch.Tensor] = {}
@@ -137,16 +146,20 @@ def step_rows(prior, peer, args, device) -> list[dict[str, Any]]:
         with torch.no_grad():
             outputs[name] = peer.net.forward_with_cond_scale(x[:, 0], t, text_embed=cond, cond_scale=g)
     variants = {
-        "latentmap fp32, no cache (one batched pass)": ("fp32", False),
-        "latentmap fp32 (default)": ("fp32", True),
-        "latentmap bf16": ("bf16", True),
+        "latentmap fp32, no cache (one batched pass)": ("fp32", "none"),
+        "latentmap fp32, condition cache, a timestep token per row": ("fp32", "per-row"),
+        "latentmap fp32 (default)": ("fp32", "shared"),
+        "latentmap bf16": ("bf16", "shared"),
     }
     # A disabled autocast held around everything keeps autocast's cache of bf16 weights alive between
     # the bf16 calls (as inside one ``sample`` call, where the weights are cast once for all steps).
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         for name, (precision, cache) in variants.items():
             with precision_context(precision, device):
-                denoise = prior.guided_denoiser(cond, g, cache=cache)
+                if cache == "per-row":
+                    denoise = denoiser_without_shared_timestep(prior, cond, g)
+                else:
+                    denoise = prior.guided_denoiser(cond, g, cache=cache == "shared")
                 outputs[name] = denoise(x, t)
 
             def step(denoise=denoise, precision=precision):
@@ -158,9 +171,24 @@ def step_rows(prior, peer, args, device) -> list[dict[str, Any]]:
             fns[name] = step
         medians = interleaved(fns, device, args.runs, args.warmup)
     reference = outputs["latentmap fp32, no cache (one batched pass)"]
-    return [{"what": "guided step", "variant": name, **timing(name, medians, "DALLE2-pytorch 0.2.38 p_sample"),
+    what = f"guided step, one prompt x {batch} candidates" if one_prompt else "guided step"
+    return [{"what": what, "variant": name, **timing(name, medians, "DALLE2-pytorch 0.2.38 p_sample"),
              "quality_vs": "latentmap fp32 network output", **agreement(outputs[name], reference)}
             for name in medians]
+
+
+def denoiser_without_shared_timestep(prior: DiffusionPrior, cond: torch.Tensor, guidance: float):
+    """``prior.guided_denoiser(cond, guidance)`` with the condition cache but each null row computing its own
+    timestep token (``share_timestep=False``): the default path less its newest saving, for the ablation row."""
+    ones = torch.ones(cond.shape[0], dtype=torch.bool, device=cond.device)
+    keep, conds = torch.cat((ones, ~ones)), torch.cat((cond, cond))
+    cache = prior.net.condition_cache(conds, keep, share_timestep=False)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        conditional, null = prior.net(torch.cat((x_t, x_t)), torch.cat((t, t)), conds, keep, cache).chunk(2)
+        return prior.predict_x0(x_t, t, null + (conditional - null) * guidance)
+
+    return denoise
 
 
 def sampling_rows(prior, peers, args, device) -> list[dict[str, Any]]:
@@ -336,6 +364,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if "step" in parts:
         rows += step_rows(prior, peers[0] if peers else None, args, device)
+        rows += step_rows(prior, peers[0] if peers else None, args, device, one_prompt=True)
         print(markdown(rows), flush=True)
     if "sample" in parts:
         rows += sampling_rows(prior, peers, args, device)
