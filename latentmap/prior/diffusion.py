@@ -19,7 +19,7 @@ from latentmap.interfaces import PriorShape
 from latentmap.precision import BFLOAT16, FLOAT32, autocast, precision_option
 from latentmap.prior import samplers
 from latentmap.prior.samplers import sampler_names
-from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule
+from latentmap.prior.schedule import BUFFER_NAMES, SCHEDULE_KINDS, Schedule, make_schedule, spacing_names
 from latentmap.prior.transformer_prior import TransformerPrior, TransformerPriorOptions
 
 OBJECTIVES = ("x0", "noise")
@@ -39,8 +39,11 @@ class DiffusionOptions(TransformerPriorOptions):
 class DiffusionSampling:
     """How the diffusion prior samples: a recipe's ``validation.sampling`` / ``sample.sampling``, ``--steps`` etc."""
 
-    steps: int | None = option(25, min=1, help="denoising steps, the schedule evenly respaced (none: every timestep)")
+    steps: int | None = option(25, min=1, help="denoising steps, the schedule respaced by `spacing` (none: every timestep)")
     sampler: str = option("dpmpp_2m", choices=sampler_names, help="sampler (see latentmap.prior.samplers)")
+    spacing: str = option("uniform", choices=spacing_names,
+                          help="where the steps fall in t: uniform, leading (clip2latent's), trailing, logsnr, karras "
+                               "(latentmap.prior.schedule.SPACINGS; docs/prior.md)")
     guidance: float = option(1.0, help="classifier-free guidance scale (1: conditional prediction only)")
     eta: float = option(0.0, min=0.0, help="DDIM noise (0: deterministic given the start noise)")
     precision: str = precision_option(FLOAT32, choices=(FLOAT32, BFLOAT16),
@@ -152,9 +155,9 @@ class DiffusionPrior(TransformerPrior):
         """The full schedule as stored in this prior's buffers (imported drift included)."""
         return Schedule.from_buffers({name: getattr(self, name) for name in BUFFER_NAMES})
 
-    def sampling_schedule(self, sampler: str, steps: int | None) -> Schedule:
-        """The schedule ``sampler`` walks for ``steps`` (None: every timestep), from the stored one."""
-        return samplers.SAMPLERS[sampler].schedule(self.schedule(), steps)
+    def sampling_schedule(self, sampler: str, steps: int | None, spacing: str = "uniform") -> Schedule:
+        """The schedule ``sampler`` walks for ``steps`` (None: every timestep) placed by ``spacing``, from the stored one."""
+        return samplers.SAMPLERS[sampler].schedule(self.schedule(), steps, spacing)
 
     def guided_denoiser(self, cond: Tensor, guidance: float = 1.0, *, cache: bool = True) -> samplers.DenoiseFn:
         """``(x_t, t) -> x̂_0``: the guided x0 estimate for fixed, prepared conditions (B, cond_dim), as a sampler calls it.
@@ -207,7 +210,7 @@ class DiffusionPrior(TransformerPrior):
         settings = settings if settings is not None else self.sampling()
         self.check_guidance(settings.guidance)
         cond = self.prepare_cond(cond)
-        schedule = self.sampling_schedule(settings.sampler, settings.steps)
+        schedule = self.sampling_schedule(settings.sampler, settings.steps, settings.spacing)
         noise = noise if noise is not None else samplers.RandomNoise(generator, self.latent_mean.device)
         x = noise((cond.shape[0], self.shape.tokens, self.shape.latent_dim)).to(self.latent_mean)
         walk = samplers.SAMPLERS[settings.sampler].walk

@@ -2,7 +2,9 @@
 
 Each takes ``denoise(x_t, t) -> x̂_0`` (already guided; ``t`` is the (B,) original timestep), the
 starting ``x`` (pure noise), the schedule, a ``noise`` source and an optional ``callback``, in the
-spirit of k-diffusion's sampler functions. They know nothing about networks or conditions.
+spirit of k-diffusion's sampler functions. They know nothing about networks or conditions, nor
+about where their steps fall: the schedule they walk is respaced to the timesteps a spacing function
+of :mod:`latentmap.prior.schedule` (``SPACINGS``: uniform, leading, trailing, logsnr, karras) places.
 
 Noise comes from a callable ``noise(shape) -> Tensor``: :class:`RandomNoise` draws from a
 ``torch.Generator`` (deterministic given its seed), :class:`RecordedNoise` replays given tensors,
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from latentmap.errors import LatentmapError
-from latentmap.prior.schedule import Schedule, clip2latent_respace, respace, spaced_timesteps
+from latentmap.prior.schedule import Schedule, clip2latent_respace, respace, spaced
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
@@ -234,19 +236,28 @@ def heun(
 
 
 # ----------------------------------------------------------------------------- the schedules they walk
-def respaced(full: Schedule, steps: int | None) -> Schedule:
-    """``steps`` evenly spaced timesteps of ``full`` with the variances of the shorter chain (None: all)."""
+def respaced(full: Schedule, steps: int | None, spacing: str = "uniform") -> Schedule:
+    """``steps`` timesteps of ``full`` placed by ``spacing`` (schedule.SPACINGS), with the variances of the shorter chain.
+
+    ``steps`` None (or all of them): the full schedule itself.
+    """
     total = len(full)
     if steps is None or steps == total:
-        spaced_timesteps(total, total)
+        spaced(full, total, spacing)  # validates the spacing name
         return full
-    return respace(full, spaced_timesteps(total, steps))
+    return respace(full, spaced(full, steps, spacing))
 
 
-def clip2latent_skipped(full: Schedule, steps: int | None) -> Schedule:
-    """clip2latent's respacing: every ``T / steps``-th timestep, variances of the original steps."""
+def clip2latent_skipped(full: Schedule, steps: int | None, spacing: str = "uniform") -> Schedule:
+    """clip2latent's respacing: every ``T / steps``-th timestep, variances of the original steps.
+
+    Its placement is its own (``leading``): ``spacing`` may only be the default or that.
+    """
     total = len(full)
     steps = total if steps is None else steps
+    if spacing not in ("uniform", "leading"):
+        raise LatentmapError(f"the clip2latent sampler visits its own timesteps (t = 0, T/steps, ...); "
+                             f"spacing must be 'uniform' (the default) or 'leading', got {spacing!r}")
     if not isinstance(steps, int) or steps < 1 or total % steps != 0:
         raise LatentmapError(f"the clip2latent sampler needs steps that divide the model's {total} timesteps, got {steps!r}")
     return clip2latent_respace(full, total // steps)
@@ -257,7 +268,7 @@ class Sampler:
     """A registered sampler: the walk, and the schedule it walks for a number of steps."""
 
     walk: Callable[..., Tensor]
-    schedule: Callable[[Schedule, int | None], Schedule]
+    schedule: Callable[[Schedule, int | None, str], Schedule]  # (full schedule, steps, spacing name)
     description: str
 
 

@@ -142,12 +142,142 @@ def make_schedule(kind: str, timesteps: int) -> Schedule:
 
 def spaced_timesteps(total: int, steps: int) -> Tensor:
     """``steps`` original timesteps spread evenly over 0 … total−1, always including both ends."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > total:
-        raise LatentmapError(f"steps must be an integer from 1 to the model's {total} timesteps, got {steps!r}")
+    _check_steps(total, steps)
     if steps == 1:
         return torch.tensor([total - 1])
     picked = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().long()
     return torch.unique(picked)
+
+
+# ----------------------------------------------------------------------------- timestep spacings
+# Where a sampler of ``steps`` steps evaluates the network: pure functions (ᾱ of the full schedule,
+# steps) -> the visited original timesteps, strictly increasing. They read only ᾱ, so one spacing
+# serves any beta schedule, in the spirit of k-diffusion's ``get_sigmas_*`` functions.
+
+
+# The largest noise-to-signal ratio σ/α the log-SNR and ρ spacings start from (EDM's σ_max): at the
+# cosine schedule's t = 991 of 1000, the start noise is a draw from that step's marginal to 1e-4.
+SIGMA_MAX = 80.0
+
+
+def _check_steps(total: int, steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > total:
+        raise LatentmapError(f"steps must be an integer from 1 to the model's {total} timesteps, got {steps!r}")
+
+
+def _distinct(picked: Tensor, total: int) -> Tensor:
+    """``picked`` (ascending, possibly with repeats where it was rounded) made strictly increasing within 0..total−1.
+
+    Repeats are pushed up one timestep at a time, then, where that ran past the end, down again, so
+    ``steps`` targets always give ``steps`` distinct timesteps (for steps <= total).
+    """
+    ts = picked.tolist()
+    for j in range(1, len(ts)):
+        ts[j] = max(ts[j], ts[j - 1] + 1)
+    ts[-1] = min(ts[-1], total - 1)
+    for j in range(len(ts) - 2, -1, -1):
+        ts[j] = min(ts[j], ts[j + 1] - 1)
+    return torch.tensor(ts, dtype=torch.long)
+
+
+def _nearest(values: Tensor, targets: Tensor) -> Tensor:
+    """Index of the entry of ``values`` (monotone, any direction) nearest each target."""
+    return (values[None, :] - targets[:, None]).abs().argmin(dim=1)
+
+
+def uniform_spacing(alphas_cumprod: Tensor, steps: int) -> Tensor:
+    """Evenly spread in t over 0 … T−1, both ends included (the default; DDIM's "linspace")."""
+    return spaced_timesteps(alphas_cumprod.shape[0], steps)
+
+
+def leading_spacing(alphas_cumprod: Tensor, steps: int) -> Tensor:
+    """t = 0, T/steps, …, T − T/steps: clip2latent's (and the first DDIM code's) respacing.
+
+    It starts the walk from pure noise at t = T − T/steps, a timestep that still holds signal (ᾱ = 0.14
+    at 750 of 1000, cosine), so the start is *not* a draw from that step's marginal. Measured in the
+    shapes world it costs the ODE samplers accuracy (docs/prior.md); it is here to compare with.
+    """
+    total = alphas_cumprod.shape[0]
+    _check_steps(total, steps)
+    return _distinct(torch.floor(torch.arange(steps, dtype=torch.float64) * (total / steps)).long(), total)
+
+
+def trailing_spacing(alphas_cumprod: Tensor, steps: int) -> Tensor:
+    """t = T−1, T−1−T/steps, …, T/steps − 1 (Lin et al. 2024): starts at pure noise, spends no step at t ≈ 0.
+
+    The last step lands on the denoised estimate from t = T/steps − 1, which evenly spaced timesteps
+    reach only after one more evaluation at t = 0, where there is almost nothing left to remove.
+    """
+    total = alphas_cumprod.shape[0]
+    _check_steps(total, steps)
+    picked = torch.round(total - torch.arange(steps, dtype=torch.float64) * (total / steps)).long() - 1
+    return _distinct(picked.flip(0), total)
+
+
+def log_snr(alphas_cumprod: Tensor) -> Tensor:
+    """λ = log(α/σ) = ½·log(ᾱ/(1 − ᾱ)) per timestep (float64), decreasing in t."""
+    a = alphas_cumprod.detach().cpu().to(torch.float64)
+    return 0.5 * (torch.log(a) - torch.log1p(-a))
+
+
+def logsnr_spacing(alphas_cumprod: Tensor, steps: int, sigma_max: float | None = None) -> Tensor:
+    """Evenly spread in log-SNR λ from λ_min to λ(0), each at the nearest timestep (DPM-Solver's "logSNR").
+
+    Equal λ intervals are what the exponential integrators (DDIM, DPM-Solver++) step in, so their
+    error per step is alike. λ_min is −log σ_max (EDM's σ_max = 80, λ = −4.4) or λ(T−1) if higher:
+    the cosine schedule's λ runs down to −9.9 at its last timestep, and over that whole range four
+    steps would spend two evaluations above t = 990, in pure noise.
+    """
+    total = alphas_cumprod.shape[0]
+    _check_steps(total, steps)
+    if steps == 1:
+        return torch.tensor([total - 1])
+    lam = log_snr(alphas_cumprod)
+    low = max(-math.log(SIGMA_MAX if sigma_max is None else sigma_max), float(lam[-1]))
+    targets = torch.linspace(low, float(lam[0]), steps, dtype=torch.float64)
+    return _distinct(_nearest(lam, targets).flip(0), total)
+
+
+def karras_spacing(alphas_cumprod: Tensor, steps: int, rho: float = 7.0, sigma_max: float | None = None) -> Tensor:
+    """EDM's ρ-spacing (Karras et al. 2022): σ_i^{1/ρ} evenly spread from σ_max^{1/ρ} to σ_min^{1/ρ}.
+
+    σ = √((1 − ᾱ)/ᾱ) is the noise-to-signal ratio; σ_min is the schedule's at t = 0 and σ_max is EDM's
+    80 (or the schedule's largest, if smaller): the cosine schedule's last timestep is at σ ≈ 2·10⁴,
+    and from there ρ = 7 would spend half of four steps above σ = 1000, in pure noise. Each σ_i is
+    taken at the timestep of nearest log σ; ρ = 7 crowds the steps toward low noise.
+    """
+    total = alphas_cumprod.shape[0]
+    _check_steps(total, steps)
+    if steps == 1:
+        return torch.tensor([total - 1])
+    log_sigma = -log_snr(alphas_cumprod)
+    top = min(math.log(SIGMA_MAX if sigma_max is None else sigma_max), float(log_sigma[-1]))
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    inv_rho = 1.0 / rho
+    sigmas = (math.exp(top * inv_rho) + ramp * (math.exp(float(log_sigma[0]) * inv_rho) - math.exp(top * inv_rho))) ** rho
+    return _distinct(_nearest(log_sigma, sigmas.log()).flip(0), total)
+
+
+# The one list of spacing names: the sampling option ``spacing`` reads it.
+SPACINGS = {
+    "uniform": uniform_spacing,
+    "leading": leading_spacing,
+    "trailing": trailing_spacing,
+    "logsnr": logsnr_spacing,
+    "karras": karras_spacing,
+}
+
+
+def spacing_names() -> tuple[str, ...]:
+    """The registered spacing names (a callable, so option declarations read the current registry)."""
+    return tuple(SPACINGS)
+
+
+def spaced(schedule: Schedule, steps: int, spacing: str = "uniform") -> Tensor:
+    """The original timesteps a ``steps``-step walk of ``schedule`` visits under ``spacing`` (ascending)."""
+    if spacing not in SPACINGS:
+        raise LatentmapError(f"unknown timestep spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    return SPACINGS[spacing](schedule.alphas_cumprod, steps)
 
 
 def respace(schedule: Schedule, timesteps: Tensor | list[int]) -> Schedule:
