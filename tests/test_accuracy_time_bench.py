@@ -72,10 +72,10 @@ def test_tiny_run_writes_the_results_json(bench, tmp_path):
                                             "space": generator.space.to_dict(), "step": 0, "recipe": {}})
     out = tmp_path / "result.json"
     bench.main(["--prompts", str(_prompt_file(tmp_path / "p.jsonl")), "--diffusion", str(checkpoint), "--flow", "none",
-                "--methods", "ddim:2,dpmpp_2m:2", "--seeds", "0", "--candidates", "4", "--timing-rounds", "1",
+                "--methods", "ddim:2,dpmpp_2m:2:trailing", "--seeds", "0", "--candidates", "4", "--timing-rounds", "1",
                 "--peer", "off", "--out", str(out), "--plot", "none"])
     result = json.loads(out.read_text())
-    assert [row["method"] for row in result["rows"]] == ["ddim 2", "dpmpp_2m 2"]
+    assert [row["method"] for row in result["rows"]] == ["ddim 2", "dpmpp_2m trailing 2"]
     assert result["setup"]["prompt_count"] == 2 and result["setup"]["seeds"] == [0]
     assert result["encoder_sha256"] == encoder.identity()["weights_sha256"]
     assert result["setup"]["diffusion"]["encoder_sha256"] == result["encoder_sha256"]
