@@ -23,22 +23,32 @@ The transformer is the diffusion prior's, with its integer-timestep embedding ta
 continuous one (:class:`TimeEmbedding`): the flow is trained at every real t in [0, 1], and a table of
 rounded times would leave rarely drawn buckets untrained (under logit-normal time sampling almost no
 draw falls near t = 0, where every sample starts).
+
+Distillation (``teacher``): the data latent x1 is replaced by a teacher flow prior's guided ODE solution
+from the same noise x0, so the pairs are coupled and the path straight (reflow, Liu et al. 2022); the
+student, started from the teacher's weights, then samples in one or two Euler steps at guidance 1.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import latentmap
-from latentmap import PriorShape, TransformerPrior, TransformerPriorOptions, option  # the plugin API: latentmap's top level
+from latentmap import (  # the plugin API: latentmap's top level
+    PriorShape,
+    TransformerPrior,
+    TransformerPriorOptions,
+    option,
+)
 from latentmap_flow.samplers import SOLVERS, solver_names, time_grid
 
-__all__ = ["TIME_SAMPLING", "FlowOptions", "FlowPrior", "FlowSampling", "TimeEmbedding"]
+__all__ = ["TIME_SAMPLING", "FlowOptions", "FlowPrior", "FlowSampling", "TimeEmbedding", "load_teacher"]
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000·t, the range of the diffusion prior's timesteps
@@ -55,6 +65,15 @@ class FlowOptions(TransformerPriorOptions):
     time_sampling: str = option("uniform", choices=TIME_SAMPLING,
                                 help="how training draws t: uniform on [0, 1], or logit-normal (the sigmoid of a "
                                      "standard normal: more weight mid-path, fewer draws near the ends)")
+    teacher: str | None = option(None, identity=False,
+                                 help="distil this flow checkpoint (a path; relative paths resolve against the working "
+                                      "directory): train on the straight path from each noise to the teacher's solution "
+                                      "from that noise (reflow), starting from the teacher's weights; the student then "
+                                      "samples in 1-2 Euler steps (docs/flow.md#distillation-reflow)")
+    teacher_steps: int = option(4, min=1, help="solver steps of the teacher's solution (with teacher)")
+    teacher_sampler: str = option("euler", choices=solver_names, help="the teacher's solver (with teacher)")
+    teacher_guidance: float = option(2.0, help="the teacher's classifier-free guidance (with teacher); the student "
+                                               "learns the guided solution, so it samples at guidance 1")
 
 
 @dataclass
@@ -104,6 +123,49 @@ class FlowPrior(TransformerPrior):
         super().__init__(shape, options)
         self.net = self.build_network(timesteps=1)
         self.net.time_embed = TimeEmbedding(self.options.dim)  # continuous t instead of the one-row timestep table
+        # The teacher (distillation), in a tuple so that it is no submodule: not in state_dict, parameters or .to().
+        self._teacher: tuple[FlowPrior, ...] = ()
+
+    # ----------------------------------------------------------------------------- distillation
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Set the dataset's latent statistics; with ``teacher``, also load it and start from its weights.
+
+        Only a prior built fresh for training gets its statistics set (a loaded checkpoint restores
+        them with its tensors), so this is where a student meets its teacher: before the trainer
+        copies the prior for its EMA, and before a resumed run loads the student's own weights over it.
+        """
+        super().set_latent_stats(mean, std)
+        if self.options.teacher:
+            teacher = load_teacher(self.options.teacher, self)
+            self.load_state_dict(teacher.state_dict(), strict=True)
+            self._teacher = (teacher,)
+
+    @property
+    def teacher(self) -> FlowPrior | None:
+        """The loaded teacher (``options.teacher``), or None."""
+        return self._teacher[0] if self._teacher else None
+
+    @torch.no_grad()
+    def teacher_latents(self, noise: Tensor, cond: Tensor, keep: Tensor) -> Tensor:
+        """The teacher's ODE solution (generator units) from ``noise`` (z-normalised) for conditions ``cond``.
+
+        Guided by ``teacher_guidance`` where ``keep`` is True; where the condition is dropped, the
+        teacher's unconditional solution (its conditional half sees the same keep mask, so guidance
+        there mixes the null prediction with itself).
+        """
+        teacher, o = self.teacher, self.options
+        if teacher is None:
+            raise latentmap.LatentmapError("teacher_latents needs prior.teacher")
+        if teacher.latent_mean.device != noise.device:
+            teacher.to(noise.device)
+        prepared = teacher.prepare_cond(cond, noise.shape[0])
+        keep = keep.to(device=noise.device, dtype=torch.bool)
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            return teacher.velocity(x_t, t, prepared, guidance=o.teacher_guidance, keep=keep)
+
+        solution = SOLVERS[o.teacher_sampler](velocity, noise.to(teacher.latent_mean), time_grid(o.teacher_steps))
+        return teacher.denormalize_latents(solution)
 
     # ----------------------------------------------------------------------------- training
     def draw_times(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -116,10 +178,14 @@ class FlowPrior(TransformerPrior):
         """Flow-matching loss: mean squared error of the network's x1 prediction at a random time.
 
         Draws, in this order from ``generator``: t (B,) by ``time_sampling``, the noise x0 like the
-        latents, and a per-sample keep mask with P(keep) = 1 − cond_drop_prob.
+        latents, and a per-sample keep mask with P(keep) = 1 − cond_drop_prob. With a ``teacher``,
+        x1 is the teacher's solution from x0 instead of the data latent (the latents then only give
+        the batch's shape): the pairs (x0, x1) are coupled, so the path is straight for the student.
         """
         self.check_latents(latents)
         t, noise, keep = self.training_draws(latents, generator, self.draw_times)
+        if self.teacher is not None:  # distillation: the teacher's solution from this noise replaces the data latent
+            latents = self.teacher_latents(noise, cond, keep)
         return self.loss_given(latents, cond, t=t, noise=noise, keep=keep)
 
     def loss_given(self, latents: Tensor, cond: Tensor, *, t: Tensor, noise: Tensor, keep: Tensor) -> Tensor:
@@ -133,21 +199,24 @@ class FlowPrior(TransformerPrior):
         return F.mse_loss(self.net(x_t, t, cond, keep.to(torch.bool)), x1)
 
     # ----------------------------------------------------------------------------- sampling
-    def velocity(self, x: Tensor, t: float, cond: Tensor, *, guidance: float = 1.0) -> Tensor:
+    def velocity(self, x: Tensor, t: float, cond: Tensor, *, guidance: float = 1.0, keep: Tensor | None = None) -> Tensor:
         """The velocity (z-normalised units) at time ``t`` < 1 for prepared conditions, with guidance.
 
         The network's x1 predictions are guided, null + (cond − null)·guidance, which guides the
         velocity alike (it is affine in x̂1 at fixed x_t, t). At guidance 1 only the conditional half
         runs; otherwise both halves go through the network in ONE batched pass (condition kept for the
-        first B rows, hidden for the last B).
+        first B rows, hidden for the last B). ``keep`` (B,) bool hides the condition of the rows where
+        it is False in the conditional half too (default: every row keeps it).
         """
         batch = x.shape[0]
         times = torch.full((batch,), float(t), device=x.device, dtype=x.dtype)
+        if keep is None:
+            keep = torch.ones(batch, dtype=torch.bool, device=x.device)
         if guidance == 1.0:
-            out = self.net(x, times, cond, torch.ones(batch, dtype=torch.bool, device=x.device))
+            out = self.net(x, times, cond, keep)
         else:
-            keep = torch.arange(2 * batch, device=x.device) < batch
-            conditional, null = self.net(x.repeat(2, 1, 1), times.repeat(2), cond.repeat(2, 1), keep).chunk(2)
+            both = torch.cat((keep, torch.zeros_like(keep)))
+            conditional, null = self.net(x.repeat(2, 1, 1), times.repeat(2), cond.repeat(2, 1), both).chunk(2)
             out = torch.lerp(null, conditional, guidance)
         return (out - x) / (1.0 - t)  # v = (x̂1 − x_t)/(1 − t); solvers never ask at t = 1
 
@@ -179,3 +248,31 @@ class FlowPrior(TransformerPrior):
     def extra_repr(self) -> str:
         s = self.shape
         return f"tokens={s.tokens}, latent_dim={s.latent_dim}, cond_dim={s.cond_dim}, time_sampling={self.options.time_sampling}"
+
+
+def load_teacher(path: str, student: FlowPrior) -> FlowPrior:
+    """The flow checkpoint at ``path`` (``prior.teacher``), checked to fit ``student``; LatentmapError otherwise."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise latentmap.LatentmapError(f"prior.teacher: flow checkpoint not found: {path} (looked in {Path.cwd()}; "
+                                       "relative paths resolve against the working directory)")
+    teacher, _ = latentmap.load_prior(file)
+    if teacher.name != "flow":
+        raise latentmap.LatentmapError(f"prior.teacher: {path} holds a {teacher.name!r} prior; distillation needs a flow prior")
+    theirs, ours = teacher.options, student.options
+    differences = [f"{key} {getattr(theirs, key)!r} (student {getattr(ours, key)!r})"
+                   for key in ("dim", "depth", "heads", "dim_head", "ff_mult", "normalize_cond", "text_correction")
+                   if getattr(theirs, key) != getattr(ours, key)]
+    if teacher.shape != student.shape:
+        differences.insert(0, f"shape {teacher.shape} (student {student.shape})")
+    if not differences and not (torch.allclose(teacher.latent_mean.cpu(), student.latent_mean.cpu())
+                                and torch.allclose(teacher.latent_std.cpu(), student.latent_std.cpu())):
+        differences.append("latent statistics (another dataset)")
+    if differences:
+        raise latentmap.LatentmapError(f"prior.teacher: {path} does not fit the student: " + "; ".join(differences)
+                                       + "; the student starts from the teacher's weights, so both need the same size")
+    try:
+        teacher.check_guidance(ours.teacher_guidance)
+    except latentmap.LatentmapError as exc:
+        raise latentmap.LatentmapError(f"prior.teacher_guidance: {exc} (the teacher {path})") from None
+    return teacher.eval().requires_grad_(False)
