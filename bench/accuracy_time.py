@@ -355,7 +355,7 @@ CHECKPOINT_KEYS = ("diffusion", "flow", "flow_distilled")
 def checkpoint_key(family: str) -> str:
     """The setup entry naming the checkpoint a method family samples from (optimisation: the diffusion
     pipeline's encoder and generator)."""
-    return "flow_distilled" if family.startswith("distilled") else "flow" if family.startswith("flow") else "diffusion"
+    return "flow_distilled" if "distilled" in family else "flow" if family.startswith("flow") else "diffusion"  # "flow distilled euler"
 
 
 def reusable(earlier: dict[str, Any] | None, setup: dict[str, Any], family: str) -> bool:
