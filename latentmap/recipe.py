@@ -366,7 +366,10 @@ def _resolve_file_paths(raw: dict[str, Any], base_dir: Path, where: Any) -> dict
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for section, cls in SECTIONS.items():
         values = out.get(section)
-        if not isinstance(values, dict) or section in COMPONENT_SECTIONS:
+        if not isinstance(values, dict):
+            continue
+        if section in COMPONENT_SECTIONS:
+            _resolve_component_paths(values, COMPONENT_SECTIONS[section], base_dir)
             continue
         for name, f in _field_map(cls).items():
             kind = f.metadata.get("path")
@@ -380,6 +383,30 @@ def _resolve_file_paths(raw: dict[str, Any], base_dir: Path, where: Any) -> dict
                 p = Path(value).expanduser()
                 values[name] = str(p if p.is_absolute() else (base_dir / p).resolve())
     return out
+
+
+def _resolve_component_paths(values: dict[str, Any], cls: type, base_dir: Path) -> None:
+    """Make a component's path options (declared ``path="file"``) absolute where the file is found in ``base_dir``.
+
+    A value that names no file there is left as written: the component reads it as it always
+    could (against the working directory, or as a name such as a model-zoo entry) and reports a
+    missing file itself. An unknown component name is left for validation to report.
+    """
+    from latentmap.plugins import resolve
+
+    try:
+        declared = resolve(cls.KIND, values.get("name", cls().name)).options
+    except (UnknownNameError, LatentmapError):
+        return
+    if declared is None:
+        return
+    for name, f in _field_map(declared).items():
+        value = values.get(name)
+        if f.metadata.get("path") != "file" or not isinstance(value, str) or not value:
+            continue
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute() and (base_dir / candidate).is_file():
+            values[name] = str((base_dir / candidate).resolve())
 
 
 @dataclass(frozen=True)

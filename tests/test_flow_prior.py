@@ -216,7 +216,9 @@ def test_shipped_recipes_use_the_flow_prior():
     assert shapes.data.dir == latentmap.load_recipe(recipes / "shapes.yaml").data.dir
     assert shapes.prior.options.text_correction == "whiten" and shapes.train.text_corpus is not None
     student = latentmap.load_recipe(recipes / "shapes-flow-distilled.yaml")
-    assert student.prior.options.teacher == "runs/shapes-flow/best.safetensors"
+    # relative to the recipe's folder (made absolute once the teacher's run exists)
+    teacher = (recipes / student.prior.options.teacher).resolve()
+    assert teacher == (recipes.parent / "runs" / "shapes-flow" / "best.safetensors").resolve()
     assert student.prior.options.cond_drop_prob == 0.0 and student.sample.sampling.guidance == 1.0
     assert student.data.dir == shapes.data.dir and student.train.out != shapes.train.out
 

@@ -192,3 +192,21 @@ def test_validation_prompts_take_a_list_as_well_as_a_file(tmp_path: Path) -> Non
         load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: [a red circle, 3]}\n"))
     with pytest.raises(LatentmapError, match="empty list of prompts"):
         read_prompts(load_recipe(write(tmp_path, MINIMAL + "validation: {prompts: []}\n")).validation.prompts)
+
+
+def test_component_file_options_resolve_against_the_recipe_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prior.teacher (declared path="file") found beside the recipe becomes absolute; a value naming no file
+    there is kept as written (read against the working directory by the component), and --set stays cwd-relative."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "teacher.safetensors").write_bytes(b"")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = MINIMAL + "prior: {name: flow, teacher: teacher.safetensors}\n"
+    recipe = load_recipe(write(folder, text))
+    assert recipe.prior.options.teacher == str((folder / "teacher.safetensors").resolve())
+    missing = load_recipe(write(folder, text.replace("teacher.safetensors}", "runs/t.safetensors}"), "m.yaml"))
+    assert missing.prior.options.teacher == "runs/t.safetensors"
+    overridden = load_recipe(folder / "r.yaml", ["prior.teacher=teacher.safetensors"])
+    assert overridden.prior.options.teacher == "teacher.safetensors"

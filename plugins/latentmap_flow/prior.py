@@ -65,9 +65,9 @@ class FlowOptions(TransformerPriorOptions):
     time_sampling: str = option("uniform", choices=TIME_SAMPLING,
                                 help="how training draws t: uniform on [0, 1], or logit-normal (the sigmoid of a "
                                      "standard normal: more weight mid-path, fewer draws near the ends)")
-    teacher: str | None = option(None, identity=False,
-                                 help="distil this flow checkpoint (a path; relative paths resolve against the working "
-                                      "directory): train on the straight path from each noise to the teacher's solution "
+    teacher: str | None = option(None, identity=False, path="file",
+                                 help="distil this flow checkpoint (a path; in a recipe relative to the recipe's folder, "
+                                      "else to the working directory): train on the straight path from each noise to the teacher's solution "
                                       "from that noise (reflow), starting from the teacher's weights; the student then "
                                       "samples in 1-2 Euler steps (docs/flow.md#distillation-reflow)")
     teacher_steps: int = option(4, min=1, help="solver steps of the teacher's solution (with teacher)")

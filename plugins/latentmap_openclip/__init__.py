@@ -20,7 +20,7 @@ PREPROCESS_MODES = ("openclip", "clip2latent-double-norm")  # see preprocess.py 
 class OpenClipOptions:
     """Options of the ``openclip`` encoders (the model itself is named by the spec after ``openclip:``)."""
 
-    weights: str | None = option(None, identity=False,
+    weights: str | None = option(None, identity=False, path="file",
                                  help="local weights file (.safetensors, .pt, .bin; loaded without unpickling code), same as '@path'")
     device: str | None = option(None, placement=True, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     dtype: str = option("float32", choices=DTYPE_NAMES, placement=True,

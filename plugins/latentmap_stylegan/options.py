@@ -22,7 +22,7 @@ def space_names() -> list[str]:
 class StyleGANOptions:
     """Options of the ``stylegan2`` and ``stylegan3`` generators (any network file)."""
 
-    weights: str | None = option(None, identity=False,
+    weights: str | None = option(None, identity=False, path="file",
                                  help="a NVIDIA network .pkl (read without running code) or a converted .safetensors")
     space: str = option("w", choices=space_names, help="the latent space: w (one w), w3 (coarse, middle, fine) or w+")
     split: list[int] | None = option(None, help="w3 only: layer counts for coarse,middle,fine (default 4,4,10 for 18 layers)")
