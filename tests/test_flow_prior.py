@@ -110,7 +110,10 @@ class ExactField(nn.Module):
     m + (tσ² − (1 − t))/s_t² · (x − t·m), whose flow maps x0 to x1 = m + σ·x0 exactly.
     """
 
-    def forward(self, x_t, t, cond, keep):
+    def condition_cache(self, cond, keep):
+        return None  # nothing to reuse: the field ignores the condition
+
+    def forward(self, x_t, t, cond, keep, cache=None):
         t = t.double().reshape(-1, 1, 1)
         variance = (1 - t) ** 2 + t**2 * STD**2
         return (MEAN + t * STD**2 / variance * (x_t.double() - t * MEAN)).to(x_t)
@@ -122,6 +125,24 @@ def solver_errors(prior: FlowPrior, sampler: str, steps: list[int]) -> list[floa
     exact = MEAN + STD * noise
     return [(prior.sample(cond, prior.sampling(steps=n, sampler=sampler), noise=noise) - exact).abs().max().item()
             for n in steps]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_the_condition_cache_gives_the_same_velocity(trained, guidance):
+    """Sampling and distillation reuse the condition token's work across steps: the same velocity to float32
+    rounding, for repeated conditions (a prompt's candidates), a mixed keep mask and several times."""
+    prior, batch, _ = trained
+    _, cond = batch(3, torch.Generator().manual_seed(5))
+    cond = cond.repeat_interleave(2, dim=0)  # two candidates per condition
+    keep = torch.tensor([True, True, False, True, True, False])
+    cache = prior.condition_cache(cond, guidance=guidance, keep=keep)
+    with torch.no_grad():
+        for t in (0.0, 0.3, 0.9):
+            x = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(int(10 * t)))
+            plain = prior.velocity(x, t, cond, guidance=guidance, keep=keep)
+            cached = prior.velocity(x, t, cond, guidance=guidance, keep=keep, cache=cache)
+            assert (cached - plain).abs().max() <= 1e-5 * plain.abs().max()
+            assert (plain - prior.velocity(x, t, cond, guidance=guidance)).abs().max() > 1e-3  # keep matters
 
 
 @pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("midpoint", 2)])

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,9 +161,10 @@ class FlowPrior(TransformerPrior):
             teacher.to(noise.device)
         prepared = teacher.prepare_cond(cond, noise.shape[0])
         keep = keep.to(device=noise.device, dtype=torch.bool)
+        cache = teacher.condition_cache(prepared, guidance=o.teacher_guidance, keep=keep)
 
         def velocity(x_t: Tensor, t: float) -> Tensor:
-            return teacher.velocity(x_t, t, prepared, guidance=o.teacher_guidance, keep=keep)
+            return teacher.velocity(x_t, t, prepared, guidance=o.teacher_guidance, keep=keep, cache=cache)
 
         solution = SOLVERS[o.teacher_sampler](velocity, noise.to(teacher.latent_mean), time_grid(o.teacher_steps))
         return teacher.denormalize_latents(solution)
@@ -199,24 +201,37 @@ class FlowPrior(TransformerPrior):
         return F.mse_loss(self.net(x_t, t, cond, keep.to(torch.bool)), x1)
 
     # ----------------------------------------------------------------------------- sampling
-    def velocity(self, x: Tensor, t: float, cond: Tensor, *, guidance: float = 1.0, keep: Tensor | None = None) -> Tensor:
+    def condition_cache(self, cond: Tensor, *, guidance: float = 1.0, keep: Tensor | None = None) -> Any:
+        """The network's condition cache for :meth:`velocity` calls with these prepared conditions, guidance
+        and keep mask: the condition token's work (and shared timestep tokens) done once per solve instead of
+        once per step (:meth:`latentmap.prior.network.PriorNetwork.condition_cache`; the same velocity to
+        float32 rounding)."""
+        if keep is None:
+            keep = torch.ones(cond.shape[0], dtype=torch.bool, device=cond.device)
+        if guidance == 1.0:
+            return self.net.condition_cache(cond, keep)
+        return self.net.condition_cache(cond.repeat(2, 1), torch.cat((keep, torch.zeros_like(keep))))
+
+    def velocity(self, x: Tensor, t: float, cond: Tensor, *, guidance: float = 1.0, keep: Tensor | None = None,
+                 cache: Any = None) -> Tensor:
         """The velocity (z-normalised units) at time ``t`` < 1 for prepared conditions, with guidance.
 
         The network's x1 predictions are guided, null + (cond − null)·guidance, which guides the
         velocity alike (it is affine in x̂1 at fixed x_t, t). At guidance 1 only the conditional half
         runs; otherwise both halves go through the network in ONE batched pass (condition kept for the
         first B rows, hidden for the last B). ``keep`` (B,) bool hides the condition of the rows where
-        it is False in the conditional half too (default: every row keeps it).
+        it is False in the conditional half too (default: every row keeps it). ``cache``: made by
+        :meth:`condition_cache` for the same conditions, guidance and keep mask.
         """
         batch = x.shape[0]
         times = torch.full((batch,), float(t), device=x.device, dtype=x.dtype)
         if keep is None:
             keep = torch.ones(batch, dtype=torch.bool, device=x.device)
         if guidance == 1.0:
-            out = self.net(x, times, cond, keep)
+            out = self.net(x, times, cond, keep, cache)
         else:
             both = torch.cat((keep, torch.zeros_like(keep)))
-            conditional, null = self.net(x.repeat(2, 1, 1), times.repeat(2), cond.repeat(2, 1), both).chunk(2)
+            conditional, null = self.net(x.repeat(2, 1, 1), times.repeat(2), cond.repeat(2, 1), both, cache).chunk(2)
             out = torch.lerp(null, conditional, guidance)
         return (out - x) / (1.0 - t)  # v = (x̂1 − x_t)/(1 − t); solvers never ask at t = 1
 
@@ -239,9 +254,10 @@ class FlowPrior(TransformerPrior):
         elif tuple(noise.shape) != shape:
             raise latentmap.LatentmapError(f"start noise has shape {tuple(noise.shape)}, expected {shape}")
         x = noise.to(self.latent_mean)
+        cache = self.condition_cache(cond, guidance=settings.guidance)
 
         def velocity(x_t: Tensor, t: float) -> Tensor:
-            return self.velocity(x_t, t, cond, guidance=settings.guidance)
+            return self.velocity(x_t, t, cond, guidance=settings.guidance, cache=cache)
 
         return self.denormalize_latents(SOLVERS[settings.sampler](velocity, x, time_grid(settings.steps)))
 
