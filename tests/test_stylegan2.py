@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from latentmap.errors import LatentmapError
 from latentmap_stylegan.ops import make_filter, upsample2d
-from latentmap_stylegan.stylegan2 import StyleGAN2Generator, upsample_2x
+from latentmap_stylegan.stylegan2 import PER_SAMPLE_RESOLUTION, StyleGAN2Generator, upsample_2x
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stylegan"
 REL_TOL = 2e-5
@@ -56,8 +56,22 @@ def test_synthesis_matches_nvidia(fixture, ws_key, img_key):
     name, G, cases = fixture
     with torch.no_grad():
         assert_close_rel(G.synthesis(cases[ws_key], noise_mode="const"), cases[img_key], f"{name} {img_key}")
-        # batch 1 takes the grouped-convolution path, batch 4 the dense one: both must match
+        # batch 1 folds styles into the weights; batch 4 runs the dense path below 64 px and one
+        # sample at a time from 64 px on (sg2_resnet64_clamp): all must match
         assert_close_rel(G.synthesis(cases[ws_key][2:3]), cases[img_key][2:3], f"{name} {img_key} batch 1")
+
+
+@pytest.mark.parametrize("per_sample_resolution", [4, 1 << 20])
+def test_one_sample_at_a_time_and_whole_batch_both_match_nvidia(fixture, per_sample_resolution):
+    """CPU batches run the high-resolution blocks one sample at a time: from the first block on, or never."""
+    name, G, cases = fixture
+    G.synthesis.per_sample_resolution = per_sample_resolution
+    try:
+        with torch.no_grad():
+            img = G.synthesis(cases["ws_psi1"], noise_mode="const")
+    finally:
+        G.synthesis.per_sample_resolution = PER_SAMPLE_RESOLUTION
+    assert_close_rel(img, cases["img_ws_psi1"], f"{name} per-sample from {per_sample_resolution} px")
 
 
 def test_end_to_end_matches_nvidia(fixture):
@@ -121,18 +135,23 @@ def test_bfloat16_autocast_stays_close():
 
 
 @pytest.mark.parametrize("groups", [1, 3])
-def test_polyphase_upsampling_conv_equals_transposed_conv(groups):
-    from latentmap_stylegan.stylegan2 import conv_up
+def test_upsampling_conv_equals_transposed_conv_then_nvidias_fir(groups):
+    """The CPU path (transposed convolution, one 2-D FIR pass padded by the convolution) against the
+    definition: stride-2 transposed convolution, then NVIDIA's upfirdn2d with padding 1 and gain 4."""
+    from latentmap_stylegan.ops import upfirdn2d
+    from latentmap_stylegan.stylegan2 import conv_up_fir
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16 * groups, 7, 9, generator=gen)
     weight = torch.randn(8 * groups, 16, 3, 3, generator=gen)
-    polyphase = conv_up(x, weight, groups, polyphase=True)
-    transposed = conv_up(x, weight, groups, polyphase=False)
+    f = make_filter([1, 3, 3, 1])
+    actual = conv_up_fir(x, weight, f, groups)
+    wt = weight.view(groups, 8, 16, 3, 3).transpose(1, 2).reshape(16 * groups, 8, 3, 3)
+    transposed = torch.nn.functional.conv_transpose2d(x, wt, stride=2, groups=groups)
     assert transposed.shape == (2, 8 * groups, 15, 19)
-    assert polyphase.shape == (2, 8 * groups, 16, 20)  # plus one all-zero row and column
-    assert polyphase[..., 15, :].abs().max() == 0 and polyphase[..., :, 19].abs().max() == 0
-    assert (polyphase[..., :15, :19] - transposed).abs().max() < 1e-4 * transposed.abs().max()
+    expected = upfirdn2d(transposed, f, padding=1, gain=4.0)
+    assert actual.shape == expected.shape == (2, 8 * groups, 14, 18)
+    assert (actual - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 def test_orig_architecture_has_torgb_only_in_the_last_block():

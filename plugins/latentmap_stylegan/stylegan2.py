@@ -4,17 +4,23 @@ Written from the maths of Karras et al. 2020 and the behaviours listed in the pa
 README, with NVIDIA's constructor keyword arguments and state-dict key names so that their
 network pickles (read by :mod:`latentmap_stylegan.pickle_loader`) load unchanged.
 
-Speed on the CPU comes from doing each layer in few passes over memory:
+Speed on the CPU comes from doing each layer in few passes over memory (on a CPU, a pass that
+writes a freshly allocated large tensor also pays the kernel's page faults, as much as the pass):
 
-* modulated convolution as one grouped convolution with per-sample weights at batch 1, and as
-  "modulate the input, convolve with the shared weight, scale the output" at larger batches
-  (one dense convolution over the whole batch, which CPU kernels run faster than groups);
+* a batch runs its high-resolution blocks (>= ``PER_SAMPLE_RESOLUTION``) one sample at a time,
+  with the style and demodulation folded into that sample's weights: one plain convolution per
+  layer and no pass to scale activations (and activations B times smaller); the low-resolution
+  blocks run on the whole batch as "modulate the input, convolve with the shared weight, scale
+  the output" (one dense convolution, which CPU kernels run faster than B groups);
 * demodulation, ``sqrt(2) * gain`` and the activation's gain folded into the weights / the
-  per-channel output scale, and noise + bias added in one pass, followed by in-place
-  leaky-ReLU and clamp;
-* the x2 upsampling convolution as a stride-2 transposed convolution followed by a separable
-  4-tap FIR pass (never a convolution over a zero-stuffed grid);
-* the image (skip) path and the resnet shortcut upsampled by polyphase FIR (no zero insertion).
+  per-channel output scale, and noise + bias added in place, followed by in-place leaky-ReLU and
+  clamp;
+* every activation channels-last (oneDNN's fast layout on the CPU, no conversions between layers);
+* the x2 upsampling convolution as a stride-2 transposed convolution followed by one 2-D
+  depthwise FIR pass whose padding gives exactly the output size (never a convolution over a
+  zero-stuffed grid, no crop copy);
+* the image (skip) path and the resnet shortcut upsampled by polyphase FIR written straight into
+  the output (no zero insertion, no depthwise convolution on 3 channels).
 
 Under ``torch.autocast`` (bfloat16 / float16) the convolutions run in the low precision; the
 modulation and demodulation coefficients are always computed in float32.
@@ -42,6 +48,10 @@ SQRT2 = math.sqrt(2.0)
 SQRT_HALF = math.sqrt(0.5)
 NOISE_MODES = ("const", "random", "none")
 ARCHITECTURES = ("orig", "skip", "resnet")
+# On the CPU a batch runs the blocks of this resolution and above one sample at a time (measured
+# faster than the dense batched path for every config-F block of 64 px and above at batch 8, 1 thread;
+# the smaller blocks cost little and keep the batch, whose matrix products are better shaped).
+PER_SAMPLE_RESOLUTION = 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,39 +115,39 @@ def upsample_2x(x: Tensor, f: Tensor) -> Tensor:
 
 
 def _upsample_axis(x: Tensor, taps: Tensor, dim: int) -> Tensor:
-    """Upsample by 2 along one axis with gain 2 (so two axes give NVIDIA's gain 4)."""
+    """Upsample by 2 along one axis with gain 2 (so two axes give NVIDIA's gain 4).
+
+    Each output phase is a short sum of shifted copies of ``x``, accumulated straight into that
+    phase's (strided) view of the output: no zero insertion, no depthwise convolution (which CPU
+    kernels run slowly for the 3-channel image), one allocation.
+    """
     n = taps.numel()
     pad_before = (n + 1) // 2  # NVIDIA pads (fw + up - 1) // 2 before and (fw - up) // 2 after
     # Zero-stuffed signal u[2j] = x[j]; padded; output y[m] = sum_t u[m + t - pad_before] * k[t]
     # with k the flipped, gained taps. For output phase p (m = 2i + p) only taps with
     # (p + t - pad_before) even touch real samples: x[i + (p + t - pad_before) / 2].
-    k = (taps.flip(0) * 2.0).to(dtype=x.dtype, device=x.device)
-    phases = []
-    for p in range(2):
-        idx = [t for t in range(n) if (p + t - pad_before) % 2 == 0]
-        offsets = [(p + t - pad_before) // 2 for t in idx]
-        lo, hi = min(offsets), max(offsets)
-        weight = torch.zeros(hi - lo + 1, dtype=x.dtype, device=x.device)
-        for t, o in zip(idx, offsets):
-            weight[o - lo] = k[t]
-        # y_p[i] = sum_o x[i + o] * weight[o - lo]  (a correlation), zero outside the signal
-        phases.append(_correlate_axis(x, weight, dim, (-lo, hi)))
-    y = torch.stack(phases, dim=dim)  # (..., L, 2) or (..., L, 2, W)
-    if dim == -1:
-        return y.flatten(-2)
-    b, c, h, _, w = y.shape
-    return y.reshape(b, c, 2 * h, w)
-
-
-def _correlate_axis(x: Tensor, weight: Tensor, dim: int, pad: tuple[int, int]) -> Tensor:
-    channels = x.shape[1]
-    if dim == -1:
-        x = F.pad(x, [max(pad[0], 0), max(pad[1], 0), 0, 0])
-        x = x[..., max(-pad[0], 0) : x.shape[-1] - max(-pad[1], 0)]
-        return F.conv2d(x, weight.view(1, 1, 1, -1).expand(channels, 1, 1, weight.numel()), groups=channels)
-    x = F.pad(x, [0, 0, max(pad[0], 0), max(pad[1], 0)])
-    x = x[..., max(-pad[0], 0) : x.shape[-2] - max(-pad[1], 0), :]
-    return F.conv2d(x, weight.view(1, 1, -1, 1).expand(channels, 1, weight.numel(), 1), groups=channels)
+    k = (taps.flip(0) * 2.0).tolist()
+    terms = [[((p + t - pad_before) // 2, k[t]) for t in range(n) if (p + t - pad_before) % 2 == 0] for p in range(2)]
+    offsets = [o for phase in terms for o, _ in phase]
+    before, after = max(-min(offsets), 0), max(max(offsets), 0)
+    size = x.shape[dim]
+    padded = F.pad(x, [before, after, 0, 0] if dim == -1 else [0, 0, before, after])
+    b, c, h, w = x.shape
+    phase_dim = -1 if dim == -1 else -2
+    if needs_grad(x):  # autograd: out-of-place sums, stacked
+        out = torch.stack([sum(padded.narrow(dim, o + before, size) * weight for o, weight in phase)
+                           for phase in terms], dim=phase_dim)
+    else:
+        out = x.new_empty(b, c, h, w, 2) if dim == -1 else x.new_empty(b, c, h, 2, w)
+        for p, phase in enumerate(terms):
+            view = out.select(phase_dim, p)
+            for j, (o, weight) in enumerate(phase):
+                shifted = padded.narrow(dim, o + before, size)
+                if j == 0:
+                    torch.mul(shifted, weight, out=view)
+                else:
+                    view.add_(shifted, alpha=weight)
+    return out.reshape(b, c, h, 2 * w) if dim == -1 else out.reshape(b, c, 2 * h, w)
 
 
 def _upsample_2x_direct(x: Tensor, f: Tensor) -> Tensor:
@@ -158,48 +168,33 @@ def modulation_coefficients(weight: Tensor, styles: Tensor, demodulate: bool) ->
     return (styles.square() @ w_sq.t() + 1e-8).rsqrt()
 
 
-# CPU kernels run convolutions with few channels at large sizes faster in channels-last layout,
-# and the stride-2 transposed convolution faster as four polyphase 2x2 convolutions (measured in
-# bench/stylegan_synthesis.py). Both give the same numbers up to float rounding.
-CPU_FAST_MAX_CHANNELS = 128
+# CPU kernels (oneDNN) run these convolutions at least as fast in channels-last layout as in NCHW,
+# and depthwise FIR passes 2-5x faster (measured at config F's shapes, 1 thread): on the CPU every
+# layer works channels-last, so no layer pays a layout conversion.
 
 
-def cpu_layout_hint(x: Tensor, in_ch: int) -> bool:
-    """True when ``x`` should go through the channels-last / polyphase variants (CPU, few channels)."""
-    return x.device.type == "cpu" and in_ch <= CPU_FAST_MAX_CHANNELS and x.shape[-1] >= 32
+def cpu_layout_hint(x: Tensor) -> bool:
+    """True when ``x`` should be channels-last and FIR-filtered in one 2-D pass (the CPU)."""
+    return x.device.type == "cpu"
 
 
-def polyphase_up_weight(weight: Tensor) -> Tensor:
-    """(out, in, 3, 3) transposed-conv weight -> (out * 4, in, 2, 2): one 2x2 kernel per output phase.
+def conv_up_fir(x: Tensor, weight: Tensor, f: Tensor, groups: int) -> Tensor:
+    """NVIDIA's upsampling convolution: stride-2 transposed conv, then FIR ``f`` (gain 4) -> (B, out, 2H, 2W).
 
-    A stride-2 transposed convolution with a 3-tap kernel ``w`` gives, along each axis, even outputs
-    ``y[2m] = x[m] w[0] + x[m-1] w[2]`` and odd outputs ``y[2m+1] = x[m] w[1]``: a 2-tap correlation
-    over the input padded by one, ``[w[2], w[0]]`` for even and ``[0, w[1]]`` for odd phases.
-    """
-    out_ch, in_ch, kh, kw = weight.shape
-    if (kh, kw) != (3, 3):
-        raise ValueError("polyphase upsampling supports 3x3 kernels")
-    taps = weight.new_zeros(2, 2, 3)  # (phase, kernel position, original tap) selection matrix
-    taps[0, 0, 2] = taps[0, 1, 0] = taps[1, 1, 1] = 1.0
-    k = torch.einsum("oiyx,pay,qbx->opqiab", weight, taps, taps)
-    return k.reshape(out_ch * 4, in_ch, 2, 2)
-
-
-def conv_up(x: Tensor, weight: Tensor, groups: int, polyphase: bool) -> Tensor:
-    """Stride-2 transposed conv, NVIDIA's orientation: (B, in, H, W) -> (B, out, 2H + 1, 2W + 1).
-
-    ``weight`` is (groups * out, in, 3, 3) in conv orientation. The polyphase variant returns the
-    same values plus one all-zero last row and column (2H + 2): callers that pad with zeros
-    afterwards can keep it and crop later, saving a copy.
+    ``weight`` is (groups * out, in, 3, 3) in conv orientation. On the CPU (channels-last) the FIR
+    is one 2-D depthwise pass with the convolution's own zero padding: faster there than two 1-D
+    passes, and its output is exactly 2H x 2W (no crop, no copy before the next layer).
     """
     out_total, in_per_group, kh, kw = weight.shape
     h, w = x.shape[-2:]
-    if polyphase:
-        y = F.conv2d(F.pad(x, [1, 1, 1, 1]), polyphase_up_weight(weight), groups=groups)
-        return F.pixel_shuffle(y, 2)
-    out_per_group = out_total // groups
-    wt = weight.view(groups, out_per_group, in_per_group, kh, kw).transpose(1, 2)
-    return F.conv_transpose2d(x, wt.reshape(groups * in_per_group, out_per_group, kh, kw), stride=2, groups=groups)
+    wt = weight.view(groups, out_total // groups, in_per_group, kh, kw).transpose(1, 2)
+    y = F.conv_transpose2d(x, wt.reshape(groups * in_per_group, out_total // groups, kh, kw), stride=2, groups=groups)
+    if cpu_layout_hint(y) and f.ndim == 2:
+        fir = (f.flip([0, 1]) * 4.0).to(dtype=y.dtype, device=y.device)
+        y = F.conv2d(y, fir[None, None].expand(y.shape[1], 1, *f.shape), padding=1, groups=y.shape[1])
+    else:
+        y = fir_2d(y, f, pad=1, gain=4.0)
+    return y[..., : 2 * h, : 2 * w]
 
 
 def modulated_conv2d(
@@ -208,14 +203,14 @@ def modulated_conv2d(
     styles: Tensor,
     *,
     demodulate: bool = True,
-    up: bool = False,
+    up_filter: Tensor | None = None,
     out_gain: float = 1.0,
 ) -> Tensor:
     """Style-modulated (and optionally demodulated) convolution, NVIDIA's semantics.
 
     x (B, in, H, W), weight (out, in, k, k), styles (B, in). Same-size convolutions pad k // 2;
-    ``up=True`` is the stride-2 transposed convolution (no padding, output 2H + 1) whose result
-    still needs the FIR pass. The output is multiplied by ``out_gain``.
+    with ``up_filter`` it is NVIDIA's x2 upsampling convolution (stride-2 transposed convolution,
+    then that FIR with gain 4: output 2H). The output is multiplied by ``out_gain``.
     """
     batch, in_ch = styles.shape
     out_ch, _, kh, kw = weight.shape
@@ -223,15 +218,15 @@ def modulated_conv2d(
     styles = styles.to(torch.float32)
     dcoefs = modulation_coefficients(weight, styles, demodulate)
     scale = dcoefs * out_gain if dcoefs is not None else torch.full((batch, out_ch), out_gain, device=x.device)
-    fast_cpu = cpu_layout_hint(x, in_ch)
-    if fast_cpu:
+    if cpu_layout_hint(x):
         x = x.contiguous(memory_format=torch.channels_last)
 
     if batch > 1:
-        # One dense conv over the batch: scale inputs by the styles, outputs by the demod factors.
+        # One dense conv over the batch: scale inputs by the styles, outputs by the demod factors
+        # (after the FIR, with which a per-channel scale commutes).
         xs = x * styles.to(x.dtype).view(batch, in_ch, 1, 1)
         w = weight.to(x.dtype)
-        y = conv_up(xs, w, 1, fast_cpu) if up else F.conv2d(xs, w, padding=kh // 2)
+        y = conv_up_fir(xs, w, up_filter, 1) if up_filter is not None else F.conv2d(xs, w, padding=kh // 2)
         scale = scale.to(y.dtype).view(batch, out_ch, 1, 1)
         return y * scale if needs_grad(y, scale) else y.mul_(scale)
 
@@ -239,8 +234,8 @@ def modulated_conv2d(
     factors = scale.view(batch, out_ch, 1) * styles.view(batch, 1, in_ch)
     w = (weight.unsqueeze(0) * factors.view(batch, out_ch, in_ch, 1, 1)).reshape(batch * out_ch, in_ch, kh, kw)
     w = w.to(x.dtype)
-    if up:
-        return conv_up(x, w, batch, fast_cpu)
+    if up_filter is not None:
+        return conv_up_fir(x, w, up_filter, batch)
     return F.conv2d(x, w, padding=kh // 2, groups=batch)
 
 
@@ -326,10 +321,8 @@ class SynthesisLayer(nn.Module):
     ) -> Tensor:
         styles = self.affine(w.to(torch.float32))
         act_gain = SQRT2 * gain  # leaky-ReLU is positively homogeneous: fold the gain in first
-        size = x.shape[-1] * self.up
-        x = modulated_conv2d(x, self.weight, styles, up=self.up == 2, out_gain=act_gain)
-        if self.up == 2:
-            x = fir_2d(x, self.resample_filter, pad=1, gain=4.0)[..., :size, :size]
+        up_filter = self.resample_filter if self.up == 2 else None
+        x = modulated_conv2d(x, self.weight, styles, up_filter=up_filter, out_gain=act_gain)
         bias = (self.bias.to(torch.float32) * act_gain).view(1, -1, 1, 1)
         noise = self.noise(x.shape[0], noise_mode, x.device, noise_generator)
         if noise is not None:
@@ -470,6 +463,8 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.num_fp16_res = num_fp16_res
+        # CPU batches run the blocks from this resolution on one sample at a time (see per_sample_from)
+        self.per_sample_resolution = PER_SAMPLE_RESOLUTION
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         self.num_ws = 0
@@ -502,14 +497,45 @@ class SynthesisNetwork(nn.Module):
             raise LatentmapError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         dtype = torch.get_autocast_dtype(ws.device.type) if torch.is_autocast_enabled(ws.device.type) else torch.float32
         ws = ws.to(torch.float32)
+        kwargs = {"noise_mode": noise_mode, "noise_generator": noise_generator, "dtype": dtype}
+        blocks = [(getattr(self, f"b{res}"), w_idx) for res, w_idx in zip(self.block_resolutions, self.block_w_starts)]
+        split = self.per_sample_from(ws, noise_mode)
         x = img = None
-        w_idx = 0
+        for block, w_idx in blocks[:split]:
+            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), **kwargs)
+        if split == len(blocks):
+            return img.to(torch.float32)
+        images = []
+        for i in range(ws.shape[0]):  # one sample at a time: style and demodulation folded into its weights
+            xi = x[i : i + 1] if x is not None else None
+            imgi = img[i : i + 1] if img is not None else None
+            for block, w_idx in blocks[split:]:
+                xi, imgi = block(xi, imgi, ws[i : i + 1].narrow(1, w_idx, block.num_conv + block.num_torgb), **kwargs)
+            images.append(imgi.to(torch.float32))
+        return torch.cat(images)
+
+    @property
+    def block_w_starts(self) -> list[int]:
+        """Index of each block's first w in ws (a block's ToRGB shares its w with the next block's conv0)."""
+        starts, w_idx = [], 0
         for res in self.block_resolutions:
-            block: SynthesisBlock = getattr(self, f"b{res}")
-            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-            x, img = block(x, img, block_ws, noise_mode=noise_mode, noise_generator=noise_generator, dtype=dtype)
-            w_idx += block.num_conv
-        return img.to(torch.float32)
+            starts.append(w_idx)
+            w_idx += getattr(self, f"b{res}").num_conv
+        return starts
+
+    def per_sample_from(self, ws: Tensor, noise_mode: str) -> int:
+        """How many blocks run on the whole batch; the rest run one sample at a time (CPU, batch > 1).
+
+        A batch of B samples either folds each sample's styles into its own copy of the weights
+        (groups = B) or scales the activations before and after one shared-weight convolution, which
+        costs two extra passes over every activation. On the CPU, at high resolution, the cheapest is
+        neither: one sample at a time with folded weights, a plain convolution each (and activations
+        B times smaller, so the peak memory of a batch barely grows with it). Random noise keeps the
+        batched order of its draws, so it keeps the batch.
+        """
+        if ws.shape[0] == 1 or ws.device.type != "cpu" or noise_mode == "random":
+            return len(self.block_resolutions)
+        return sum(1 for res in self.block_resolutions if res < self.per_sample_resolution)
 
 
 class StyleGAN2Generator(MappedGenerator):
