@@ -198,31 +198,40 @@ def run(*, samples: int, batch_size: int, shard_size: int, runs: int, device: st
 
         timing.interleaved(contenders(warmup_samples or batch_size), warmup=1, reps=0, sync=sync)
         print("warm-up done", flush=True)
-        times = timing.interleaved(contenders(samples), warmup=0, reps=runs, sync=sync,
+        cpu: dict[str, list[float]] = {}
+        load_before = timing.load_average()
+        times = timing.interleaved(contenders(samples), warmup=0, reps=runs, sync=sync, cpu=cpu,
                                    report=lambda name, seconds: print(f"  {name}: {seconds:.1f} s", flush=True))
+        load_after = timing.load_average()
         agreement = {precision: embedding_agreement(scratch / "latentmap-float32", scratch / f"latentmap-{precision}")
                      for precision in precisions}
         rss = rss_at_sizes(args, rss_sizes, scratch) if rss_sizes and args is not None else []
     medians = {name: timing.median(values) for name, values in times.items()}
+    cpu_medians = {name: timing.median(values) for name, values in cpu.items()}
     rows = [{"contender": name, "median_s": seconds, "s_per_sample": seconds / samples,
              "vs_forward_only": seconds / medians["forward only"],
              "speedup_vs_clip2latent": medians["clip2latent workflow"] / seconds, "times_s": times[name],
+             "cpu_median_s": cpu_medians[name], "cpu_speedup_vs_clip2latent": cpu_medians["clip2latent workflow"]
+             / cpu_medians[name], "cpu_times_s": cpu[name],
              **agreement.get(name.rsplit(" ", 1)[-1] if name.startswith("latentmap build-data ") else "", {})}
             for name, seconds in medians.items()]
     meta = {"machine": timing.machine(target), "device": device, "network": network, "samples": samples,
-            "batch_size": batch_size, "shard_size": shard_size, "runs": runs, "embedding_cosine": cosine}
+            "batch_size": batch_size, "shard_size": shard_size, "runs": runs, "embedding_cosine": cosine,
+            "load_before": load_before, "load_after": load_after}
     return {"meta": meta, "rows": rows, "rss": rss, "markdown": markdown(rows, rss, meta)}
 
 
 def markdown(rows: list[dict[str, Any]], rss: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     table = timing.markdown_table(
-        ["contender", "median s", "s / sample", "x forward only", "speed-up vs clip2latent",
-         "embedding cosine to float32"],
+        ["contender", "median s", "s / sample", "x forward only", "speed-up vs clip2latent", "CPU s",
+         "CPU-time speed-up vs clip2latent", "embedding cosine to float32"],
         [[r["contender"], f"{r['median_s']:.1f}", f"{r['s_per_sample']:.3f}", f"{r['vs_forward_only']:.3f}",
-          f"**{r['speedup_vs_clip2latent']:.2f}x**",
+          f"**{r['speedup_vs_clip2latent']:.2f}x**", f"{r['cpu_median_s']:.1f}",
+          f"**{r['cpu_speedup_vs_clip2latent']:.2f}x**",
           f"min {r['min_cosine']:.5f}, mean {r['mean_cosine']:.5f}" if "min_cosine" in r else "-"] for r in rows])
     lines = [table, "", f"- {meta['samples']} samples, batch {meta['batch_size']}, shard/folder {meta['shard_size']}, "
-             f"{meta['runs']} runs; same latents embed alike on both paths (cosine >= {meta['embedding_cosine']:.6f})"]
+             f"{meta['runs']} runs; same latents embed alike on both paths (cosine >= {meta['embedding_cosine']:.6f}); "
+             f"load average {meta['load_before']} before, {meta['load_after']} after the timed runs"]
     if rss:
         lines.append("- peak RSS of latentmap's build (fresh process): " + ", ".join(
             f"{r['samples']} samples {r['peak_rss_mib']:.0f} MiB" for r in rss))

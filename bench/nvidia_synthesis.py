@@ -94,18 +94,24 @@ def bench_network(name: str, batches: list[int], *, device: torch.device, reps: 
                 except Exception as exc:
                     print(f"{name}: NVIDIA's code does not run under {precision} autocast here: {type(exc).__name__}: {exc}")
             # the first batch size's rounds warm the kernels up; larger batches get one round fewer (they are long)
+            cpu: dict[str, list[float]] = {}
+            load_before = timing.load_average()
             times = timing.interleaved(contenders, warmup=warmup if position == 0 else 0,
-                                       reps=reps if position == 0 else max(1, reps - 1), sync=sync)
-            base = timing.median(times["nvidia float32"])
+                                       reps=reps if position == 0 else max(1, reps - 1), sync=sync, cpu=cpu)
+            load_after = timing.load_average()
+            base, cpu_base = timing.median(times["nvidia float32"]), timing.median(cpu["nvidia float32"])
             for contender, values in times.items():
-                seconds = timing.median(values)
+                seconds, cpu_seconds = timing.median(values), timing.median(cpu[contender])
                 row = {"network": name, "resolution": nvidia.img_resolution, "batch": batch, "contender": contender,
                        "median_s": seconds, "images_per_s": batch / seconds, "vs_nvidia_float32": base / seconds,
-                       "times_s": values}
+                       "cpu_median_s": cpu_seconds, "cpu_vs_nvidia_float32": cpu_base / cpu_seconds,
+                       "times_s": values, "cpu_times_s": cpu[contender], "load_before": load_before,
+                       "load_after": load_after}
                 if contender in errors:
                     row["max_error"], row["mean_error"] = errors[contender]
                 rows.append(row)
                 print(f"{name} batch {batch} {contender:<18} median {seconds:8.3f} s  x{base / seconds:5.2f} of NVIDIA float32"
+                      f"  (CPU {cpu_seconds:8.3f} s  x{cpu_base / cpu_seconds:5.2f}; load {load_before} -> {load_after})"
                       + (f"  error max {errors[contender][0]:.2%} mean {errors[contender][1]:.3%}" if contender in errors else ""),
                       flush=True)
     return {"network": name, "description": nvidia_nets.SHAPES[name].description, "parity": parity,
@@ -119,9 +125,11 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         for row in result["rows"]:
             error = (f"max {row['max_error']:.2%}, mean {row['mean_error']:.3%}" if "max_error" in row else "-")
             rows.append([result["description"], row["batch"], row["contender"], f"{row['median_s']:.3f}",
-                         f"{row['images_per_s']:.2f}", f"**{row['vs_nvidia_float32']:.2f}x**", error])
+                         f"{row['images_per_s']:.3f}", f"{row['vs_nvidia_float32']:.2f}x",
+                         f"{row['cpu_median_s']:.3f}", f"**{row['cpu_vs_nvidia_float32']:.2f}x**", error])
     table = timing.markdown_table(["network", "batch", "contender", "median s / batch", "images/s",
-                                   "vs NVIDIA float32", "error vs float32 (share of range)"], rows)
+                                   "vs NVIDIA float32", "median CPU s / batch", "CPU time vs NVIDIA float32",
+                                   "error vs float32 (share of range)"], rows)
     notes = [f"- {r['description']}: float32 parity with NVIDIA {r['parity']:.1e} of the output max; "
              f"NVIDIA's ops: {r['nvidia_ops']}" for r in results]
     return "\n".join([table, "", *notes, f"- machine: {meta['machine']}"])

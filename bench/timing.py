@@ -19,8 +19,14 @@ import torch
 
 def interleaved(contenders: dict[str, Callable[[], Any]], *, warmup: int, reps: int,
                 sync: Callable[[], None] = lambda: None,
-                report: Callable[[str, float], None] | None = None) -> dict[str, list[float]]:
-    """Seconds of each contender per round, ``reps`` rounds after ``warmup`` untimed ones (``report``: each as it comes)."""
+                report: Callable[[str, float], None] | None = None,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Seconds of each contender per round, ``reps`` rounds after ``warmup`` untimed ones (``report``: each as it comes).
+
+    ``cpu``, if given, receives each round's CPU seconds of this process (all its threads): on a
+    machine shared with other jobs, CPU time is not inflated by waiting for a core, so with one
+    torch thread the ratio of CPU times is the steadier figure.
+    """
     for _ in range(warmup):
         for call in contenders.values():
             call()
@@ -29,10 +35,12 @@ def interleaved(contenders: dict[str, Callable[[], Any]], *, warmup: int, reps: 
     for _ in range(reps):
         for name, call in contenders.items():
             sync()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             call()
             sync()
             times[name].append(time.perf_counter() - started)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - cpu_started)
             if report is not None:
                 report(name, times[name][-1])
     return times

@@ -122,5 +122,5 @@ def test_dry_run_with_the_peers_writes_every_table(tmp_path):
     assert any("DALLE2" in row["variant"] for row in prior["result"]["rows"])
 
     assert "| network | batch | contender | median s / batch |" in text
-    assert ("| contender | median s | s / sample | x forward only | speed-up vs clip2latent | "
-            "embedding cosine to float32 |") in text
+    assert ("| contender | median s | s / sample | x forward only | speed-up vs clip2latent | CPU s | "
+            "CPU-time speed-up vs clip2latent | embedding cosine to float32 |") in text
