@@ -1,8 +1,9 @@
 """Will a build-data batch fit in memory? Measured before the build starts, refused in one line if not.
 
-A generator's activations grow with the batch: a StyleGAN2 at 1024 px with a ViT-B-32 needs 0.73 GiB
-per sample on a CPU (measured), so the recipe's batch 64 would need ~47 GiB and be killed by the kernel
-once the build is under way. Before the first shard, :func:`measure_footprint` runs the models on one and then two probe
+A generator's activations can grow with the batch: a StyleGAN2 at 1024 px with a ViT-B-32 needed 0.73 GiB
+per sample on a CPU when it synthesised whole batches at once (the recipe's batch 64: ~47 GiB, killed by
+the kernel once the build is under way). On the CPU it now runs its large blocks one sample at a time
+(0.012 GiB per sample, measured); on a GPU it synthesises whole batches, and other generators may too. Before the first shard, :func:`measure_footprint` runs the models on one and then two probe
 samples (from a stream of their own, so the dataset does not change) and reads the peak memory of
 each: the difference is the cost of one more sample, the rest is the fixed cost (weights, runtime).
 :func:`check_batch_fits` compares ``fixed + batch * per_sample`` with the memory available (RAM, or
