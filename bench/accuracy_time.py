@@ -684,7 +684,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Accuracy against seconds per 16 candidates (log axis), a line per method family, both accuracies."""
+    """Accuracy against sampling seconds per 16 candidates (log axis), a line per method family, both accuracies.
+
+    The y axis is zoomed on where the methods are; a point far below (a sampler off at few steps,
+    optimisation) is drawn on the bottom edge as a triangle with its value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -692,37 +696,50 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.ticker
 
     rows = [r for r in result["rows"] if "seconds_per_16" in r]
+    clock = "sampling_seconds_per_16" if all("sampling_seconds_per_16" in r for r in rows) else "seconds_per_16"
     families = list(dict.fromkeys(r["family"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharex=True)
+    colours = plt.cm.tab20.colors
     for axis, key, title in ((axes[0], "colour_shape", "colour+shape (colour+shape prompts)"),
                              (axes[1], "all_named", "all named (3-5-attribute prompts)")):
+        values = sorted(100 * r[k] for r in rows for k in (key, f"{key}_reranked") if k in r)
+        middle = values[len(values) // 2]
+        floor = min(v for v in values if v >= middle - 15) - 2
         for i, family in enumerate(families):
-            points = sorted((r for r in rows if r["family"] == family and key in r), key=lambda r: r["seconds_per_16"])
+            points = sorted((r for r in rows if r["family"] == family and key in r), key=lambda r: r[clock])
             if not points:
                 continue
-            x = [r["seconds_per_16"] for r in points]
+            x = [r[clock] for r in points]
             colour = colours[i % len(colours)]
-            axis.plot(x, [100 * r[key] for r in points], "o-", color=colour, label=family)
-            axis.plot(x, [100 * r[f"{key}_reranked"] for r in points], "s--", color=colour, alpha=0.6)
+            for suffix, style, alpha in (("", "o-", 1.0), ("_reranked", "s--", 0.5)):
+                y = [100 * r[f"{key}{suffix}"] for r in points]
+                axis.plot(x, [max(v, floor) for v in y], style, color=colour, alpha=alpha,
+                          label=family if not suffix else None)
+                for xi, v in zip(x, y):
+                    if v < floor:
+                        axis.plot([xi], [floor], "v", color=colour, markersize=9)
+                        axis.annotate(f"{v:.0f}", (xi, floor), fontsize=7, textcoords="offset points", xytext=(4, 4))
             for r in points:
-                axis.annotate(str(r["steps"]), (r["seconds_per_16"], 100 * r[key]), fontsize=7,
+                axis.annotate(str(r["steps"]), (r[clock], max(100 * r[key], floor)), fontsize=7,
                               textcoords="offset points", xytext=(3, -9))
+        axis.set_ylim(floor - 1, 100.8)
         axis.set_xscale("log")
         axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        axis.set_xlabel("seconds per 16 candidates (incl. text encoding, rendering, re-ranking)")
+        axis.set_xlabel("sampling seconds per 16 candidates" if clock != "seconds_per_16"
+                        else "seconds per 16 candidates (incl. text encoding, rendering, re-ranking)")
         axis.set_ylabel("accuracy (%)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="solid: no re-ranking\ndashed: best of 16", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()  # one entry per family (both panels have them all)
+    fig.legend(handles, labels, fontsize=8, loc="center right", title="solid: no re-ranking\ndashed: best of 16\n\u25bc below the axis",
+               title_fontsize=7)
     fig.suptitle(f"Shapes world, {result['setup']['prompts']} ({result['setup']['prompt_count']} prompts), "
                  f"median of seeds {result['setup']['seeds']}; numbers: steps")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     main()
