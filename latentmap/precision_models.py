@@ -19,7 +19,30 @@ from latentmap.interfaces import Encoder, Generator
 from latentmap.precision import FLOAT32, autocast, canonical_precision, check_precision
 
 
-class PrecisionGenerator(Generator):
+class _Wrapped:
+    """What a precision wrapper passes through to the model it wraps: identity, device, moves, and a
+    plugin's own helpers (truncate, style mixing ...)."""
+
+    inner: Any
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def to(self, device: torch.device | str) -> Any:
+        self.inner.to(device)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class PrecisionGenerator(_Wrapped, Generator):
     """A generator whose synthesis runs under autocast; images come back float32. Everything else is the inner one's."""
 
     def __init__(self, inner: Generator, precision: str) -> None:
@@ -41,24 +64,8 @@ class PrecisionGenerator(Generator):
     def mean_latent(self) -> Tensor:
         return self.inner.mean_latent()
 
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
 
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def to(self, device: torch.device | str) -> PrecisionGenerator:
-        self.inner.to(device)
-        return self
-
-    def __getattr__(self, name: str) -> Any:  # a plugin's own helpers (truncate, style mixing ...)
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
-class PrecisionEncoder(Encoder):
+class PrecisionEncoder(_Wrapped, Encoder):
     """An encoder whose text and image towers run under autocast; embeddings come back float32."""
 
     def __init__(self, inner: Encoder, precision: str) -> None:
@@ -73,22 +80,6 @@ class PrecisionEncoder(Encoder):
     def embed_image(self, images: Tensor, *, normalize: bool = False) -> Tensor:
         with autocast(self.precision, self.inner.device):
             return self.inner.embed_image(images, normalize=normalize).float()
-
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def to(self, device: torch.device | str) -> PrecisionEncoder:
-        self.inner.to(device)
-        return self
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def with_precision(generator: Generator, encoder: Encoder, precision: str, *,

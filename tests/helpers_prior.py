@@ -32,6 +32,12 @@ def train_on_linear_toy(make_prior: Callable[[], Any], steps: int, *, lr: float 
     g = torch.Generator().manual_seed(1)
     latents, _ = batch(4096, g)
     prior.set_latent_stats(latents.mean(0), latents.std(0))
+    losses = adam_steps(prior, batch, steps, g, lr=lr)
+    return prior.eval(), batch, losses
+
+
+def adam_steps(prior: Any, batch: Batch, steps: int, g: torch.Generator, *, lr: float = 2e-3) -> list[float]:
+    """``steps`` Adam steps of ``prior.loss`` on batches of 64 from ``batch`` (draws from ``g``); the losses."""
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -41,7 +47,7 @@ def train_on_linear_toy(make_prior: Callable[[], Any], steps: int, *, lr: float 
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return prior.eval(), batch, losses
+    return losses
 
 
 def condition_errors(prior: Any, batch: Batch, settings: Any, n: int = 256) -> tuple[float, float]:

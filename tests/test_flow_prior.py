@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from helpers_prior import (
+    adam_steps,
     assert_deterministic,
     condition_errors,
     loss_drop,
@@ -323,13 +324,7 @@ def spread_toy(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_prior(prior: FlowPrior, steps: int, g: torch.Generator, lr: float = 2e-3) -> FlowPrior:
-    opt = torch.optim.Adam(prior.parameters(), lr=lr)
-    for _ in range(steps):
-        latents, cond = spread_toy(64, g)
-        loss = prior.loss(latents, cond, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    adam_steps(prior, spread_toy, steps, g, lr=lr)
     return prior.eval()
 
 
