@@ -383,8 +383,12 @@ def timestep_sharing(t: Tensor, groups: Tensor, share: bool = True) -> Tensor:
     condition group (:func:`condition_groups`; all hidden rows alike) if ``share``, else itself."""
     if not share:
         return torch.arange(groups.shape[0], device=groups.device)
-    same = (t[:, None] == t[None, :]) & (groups[:, None] == groups[None, :])
-    return same.int().argmax(dim=1)  # the first True (a row is always like itself)
+    pairs = torch.stack((t.double(), groups.double()), dim=1)  # exact for timestep indices and float32 times
+    kinds, kind = torch.unique(pairs, dim=0, return_inverse=True)
+    rows = torch.arange(groups.shape[0], device=groups.device)
+    first = torch.full((kinds.shape[0],), groups.shape[0], device=groups.device, dtype=torch.long)
+    first.scatter_reduce_(0, kind, rows, reduce="amin")  # each kind's first row (not a B x B comparison)
+    return first[kind]
 
 
 @dataclass
