@@ -32,14 +32,13 @@ from latentmap_shapes.vocabulary import (
     COLOUR_WORDS,
     COLUMN_WORDS,
     COLUMNS,
+    PARTS,
     ROW_WORDS,
     ROWS,
     SHAPE_PLURALS,
     SIZE_WORDS,
     VOCABULARY,
 )
-
-PARTS: tuple[str, ...] = ("size", "colour", "shape", "position", "background")
 
 POSITION_PHRASES: dict[str, str] = {
     "top left": "in the top left", "top": "at the top", "top right": "in the top right",

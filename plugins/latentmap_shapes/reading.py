@@ -20,6 +20,7 @@ from latentmap_shapes.vocabulary import (
     COLOUR_WORDS,
     COLUMN_WORDS,
     COLUMNS,
+    PARTS,
     ROW_WORDS,
     ROWS,
     SHAPE_PLURALS,
@@ -28,7 +29,6 @@ from latentmap_shapes.vocabulary import (
 )
 
 _WORD = re.compile(r"[a-z]+")
-PARTS: tuple[str, ...] = ("size", "colour", "shape", "position", "background")
 
 _SIZE = {word: name for name, words in SIZE_WORDS.items() for word in words}
 _COLOUR = {word: name for name, words in COLOUR_WORDS.items() for word in words}

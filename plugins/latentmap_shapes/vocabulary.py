@@ -61,6 +61,10 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
 }
 
 
+# The order a caption names the attributes in (and a prompt reading lists them in).
+PARTS: tuple[str, ...] = ("size", "colour", "shape", "position", "background")
+
+
 def attribute_names() -> dict[str, tuple[str, ...]]:
     """Attribute -> class names, in index order: ``{"shape": ("circle", ...), "colour": ..., ...}``.
 
