@@ -265,13 +265,8 @@ def main() -> None:
             rows = rss_at_sizes(args, args.rss or [args.shard_size, 3 * args.shard_size], Path(scratch))
         print(json.dumps({"rss": rows, "load_average": timing.load_average()}))
         return
-    report = run(samples=args.samples, batch_size=args.batch_size, shard_size=args.shard_size, runs=args.runs,
-                 device=args.device, rss_sizes=args.rss, precisions=tuple(args.precisions), args=args)
-    print()
-    print(report["markdown"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+    timing.report(run(samples=args.samples, batch_size=args.batch_size, shard_size=args.shard_size, runs=args.runs,
+                      device=args.device, rss_sizes=args.rss, precisions=tuple(args.precisions), args=args), args.json)
 
 
 if __name__ == "__main__":

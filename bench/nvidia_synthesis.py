@@ -21,7 +21,6 @@ Run under the peers' python:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ def nvidia_ops_path(device: torch.device) -> str:
     """Which implementation NVIDIA's custom ops used: their CUDA plugins or their reference (pure PyTorch) path."""
     if device.type != "cuda":
         return "reference path (CPU)"
-    modules = nvidia_nets.import_nvidia()
+    nvidia_nets.import_nvidia()  # puts NVIDIA's code on sys.path
     from torch_utils.ops import bias_act, filtered_lrelu, upfirdn2d
 
     compiled = [name for name, module in (("bias_act", bias_act), ("upfirdn2d", upfirdn2d),
@@ -155,12 +154,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report = run(args.networks, args.batches, device=args.device, reps=args.reps, warmup=args.warmup)
-    print()
-    print(report["markdown"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+    timing.report(run(args.networks, args.batches, device=args.device, reps=args.reps, warmup=args.warmup), args.json)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ the machine and the load average it was measured under.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,3 +85,12 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def report(result: dict[str, Any], json_path: Path | None) -> None:
+    """Print a benchmark's markdown table and, with ``json_path``, write the rest of ``result`` there as JSON."""
+    print()
+    print(result["markdown"])
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
