@@ -101,3 +101,34 @@ def kill_after_first_state(command: list[str], states: Path, *, env: dict[str, s
             process.wait()
     assert process.returncode == -signal.SIGKILL
     return int(load_state(latest_state(states))[1]["step"])
+
+
+# `latentmap run recipes/shapes.yaml` at a reduced size: half-width prior, 3k samples, 400 steps (~15 s on 2 cores).
+REDUCED_SHAPES = [
+    "data.samples=3000", "data.shard_size=1500", "data.batch_size=500",
+    "prior.dim=64", "prior.depth=2", "prior.heads=4", "prior.dim_head=16",
+    "train.steps=400", "train.batch_size=128", "train.lr=1.0e-3", "train.ema_beta=0.99",
+    "train.log_every=50", "train.device=cpu", "train.tensorboard=false",
+    "validation.image_conditions=32", "validation.samples_per_prompt=2", "validation.sampling.steps=10",
+]
+
+
+def reduced_shapes_run(root: Path, *, every: int, sample: list[str]) -> Path:
+    """Run the shapes recipe at the reduced size into ``root`` (data/ and run/) through the CLI, on one thread;
+    checkpoints and validation every ``every`` steps, ``sample`` the sample.* overrides. Returns the run folder."""
+    from click.testing import CliRunner
+
+    from latentmap.cli import cli
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "shapes.yaml"
+    overrides = [*REDUCED_SHAPES, f"train.checkpoint_every={every}", f"validation.every={every}", *sample,
+                 f"data.dir={root / 'data'}", f"train.out={root / 'run'}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(cli, ["run", str(recipe), "--quiet", *[arg for v in overrides for arg in ("--set", v)]],
+                                    catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return root / "run"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers_train import reduced_shapes_run
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -29,35 +29,15 @@ import demo_browser
 
 pytestmark = pytest.mark.slow
 
-RECIPE = REPO / "recipes" / "shapes.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A reduced shapes run: it draws the prompted colour (measured: best of 16 right for all 8 colours).
-SIZE = [
-    "data.samples=3000", "data.shard_size=1500", "data.batch_size=500",
-    "prior.dim=64", "prior.depth=2", "prior.heads=4", "prior.dim_head=16",
-    "train.steps=400", "train.batch_size=128", "train.lr=1.0e-3", "train.ema_beta=0.99",
-    "train.log_every=50", "train.checkpoint_every=400", "train.device=cpu", "train.tensorboard=false",
-    "validation.every=400", "validation.image_conditions=32", "validation.samples_per_prompt=2",
-    "validation.sampling.steps=10",
-    "sample.prompts=[a red circle]", "sample.candidates=16", "sample.keep=4",
-]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from latentmap.cli import cli
-
-    root = tmp_path_factory.mktemp("demo-shapes")
-    overrides = [*SIZE, f"data.dir={root / 'data'}", f"train.out={root / 'run'}"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(cli, ["run", str(RECIPE), "--quiet", *sum((["--set", v] for v in overrides), [])],
-                                    catch_exceptions=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
-    return root / "run" / "best.safetensors"
+    # a reduced shapes run: it draws the prompted colour (measured: best of 16 right for all 8 colours)
+    run = reduced_shapes_run(tmp_path_factory.mktemp("demo-shapes"), every=400,
+                             sample=["sample.prompts=[a red circle]", "sample.candidates=16", "sample.keep=4"])
+    return run / "best.safetensors"
 
 
 @pytest.fixture(scope="module")

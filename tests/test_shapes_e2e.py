@@ -15,37 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_train import reduced_shapes_run
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes" / "shapes.yaml"
 CHANCE = 1 / 32  # 8 colours x 4 shapes, uniform for random latents
-
-# A reduced run (most of the ~15 s this file takes on 2 shared cores): half-width prior, 3k samples, 400 steps.
-SIZE = [
-    "data.samples=3000", "data.shard_size=1500", "data.batch_size=500",
-    "prior.dim=64", "prior.depth=2", "prior.heads=4", "prior.dim_head=16",
-    "train.steps=400", "train.batch_size=128", "train.lr=1.0e-3", "train.ema_beta=0.99",
-    "train.log_every=50", "train.checkpoint_every=200", "train.device=cpu", "train.tensorboard=false",
-    "validation.every=200", "validation.image_conditions=32", "validation.samples_per_prompt=2",
-    "validation.sampling.steps=10",
-    "sample.prompts=[a red circle, a blue square in the top left]", "sample.candidates=8", "sample.keep=2",
-]
-
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory) -> Path:
     """One reduced ``latentmap run recipes/shapes.yaml``; returns its train.out folder."""
-    from latentmap.cli import cli
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("shapes-run")
-    overrides = [*SIZE, f"data.dir={root / 'data'}", f"train.out={root / 'run'}"]
-    argv = ["run", str(RECIPE), "--quiet", *sum((["--set", value] for value in overrides), [])]
-    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root / "run"
+    return reduced_shapes_run(tmp_path_factory.mktemp("shapes-run"), every=200,
+                              sample=["sample.prompts=[a red circle, a blue square in the top left]",
+                                      "sample.candidates=8", "sample.keep=2"])
 
 
 def test_run_writes_dataset_checkpoints_and_scored_samples(shapes_run: Path) -> None:

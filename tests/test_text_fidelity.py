@@ -134,21 +134,30 @@ def test_attribute_results_score_samples_against_their_prompts() -> None:
     assert results["val/attributes"] == pytest.approx(5 / 6)
 
 
-def test_training_fits_the_statistics_from_the_recipe_corpus(tmp_path: Path) -> None:
+CORPUS = ["a red thing", "a blue square", "a green thing on the left", "two yellow things"]
+
+
+def corpus_run_recipe(tmp_path: Path, correction: str, **train: object) -> tuple[Path, Path]:
+    """A tiny dataset (512 samples) and a recipe training on it with ``text_correction`` fitted from CORPUS:
+    (data folder, recipe path)."""
     from helpers_train import build_tiny_dataset, tiny_recipe
     import helpers_tiny
 
+    helpers_tiny.ensure_registered()
+    data = build_tiny_dataset(tmp_path / "data", samples=512)
+    path = tiny_recipe(tmp_path, data, prior={"text_correction": correction},
+                       train={"steps": 4, "text_corpus": CORPUS, **train})
+    return data, path
+
+
+def test_training_fits_the_statistics_from_the_recipe_corpus(tmp_path: Path) -> None:
     from latentmap import get_encoder
     from latentmap.recipe import load_recipe
     from latentmap.train import train
     from latentmap.training.text_statistics import training_image_embeddings
     from latentmap.data.manifest import load_manifest
 
-    helpers_tiny.ensure_registered()
-    data = build_tiny_dataset(tmp_path / "data", samples=512)
-    corpus = ["a red thing", "a blue square", "a green thing on the left", "two yellow things"]
-    path = tiny_recipe(tmp_path, data, prior={"text_correction": "mean"},
-                       train={"steps": 4, "checkpoint_every": 4, "text_corpus": corpus})
+    data, path = corpus_run_recipe(tmp_path, "mean", checkpoint_every=4)
     with pytest.raises(LatentmapError, match="train.text_corpus"):
         train(load_recipe(path, ["train.text_corpus=null"]), validation=False, progress=False)
     result = train(load_recipe(path), validation=False, progress=False)
@@ -156,23 +165,16 @@ def test_training_fits_the_statistics_from_the_recipe_corpus(tmp_path: Path) -> 
     recipe = load_recipe(path)
     images = training_image_embeddings(data, load_manifest(data), holdout=recipe.validation.image_conditions)
     assert images.shape[0] == 512 - recipe.validation.image_conditions  # never the held-out pairs
-    text = get_encoder("tiny-test").embed_text(corpus)
+    text = get_encoder("tiny-test").embed_text(CORPUS)
     assert torch.allclose(prior.cond_image_mean, images.mean(0), atol=1e-5)  # raw conditions (normalize_cond off)
     assert torch.allclose(prior.cond_text_mean, text.mean(0), atol=1e-5)
 
 
 def test_a_resumed_run_keeps_the_statistics_of_the_run_it_continues(tmp_path: Path) -> None:
-    from helpers_train import build_tiny_dataset, tiny_recipe
-    import helpers_tiny
-
     from latentmap.recipe import load_recipe
     from latentmap.train import train
 
-    helpers_tiny.ensure_registered()
-    data = build_tiny_dataset(tmp_path / "data", samples=512)
-    corpus = ["a red thing", "a blue square", "a green thing on the left", "two yellow things"]
-    path = tiny_recipe(tmp_path, data, prior={"text_correction": "whiten"},
-                       train={"steps": 4, "checkpoint_every": 2, "text_corpus": corpus})
+    _, path = corpus_run_recipe(tmp_path, "whiten", checkpoint_every=2)
     first = train(load_recipe(path), validation=False, progress=False)
     fitted, _ = load_prior(first.out / "last.safetensors")
     resumed = train(load_recipe(path, ["train.steps=6"]), resume=True, validation=False, progress=False)
