@@ -82,9 +82,9 @@ def precision_problem(precision: str, device: torch.device | str) -> str | None:
     """Why ``device`` cannot run ``precision`` natively (one line), or None if it can."""
     import torch
 
-    if ALIASES.get(precision, precision) not in PRECISIONS:
-        return f"unknown precision {precision!r}; expected one of {accepted_names()}"
-    precision = ALIASES.get(precision, precision)
+    given, precision = precision, ALIASES.get(precision, precision)
+    if precision not in PRECISIONS:
+        return f"unknown precision {given!r}; expected one of {accepted_names()}"
     device = torch.device(device)
     if precision == FLOAT32:
         return None
